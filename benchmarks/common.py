@@ -1,0 +1,629 @@
+"""The benchmark harness every ``bench_*.py`` scenario shares.
+
+A scenario builds a list of :class:`Contender` (a name, the command that starts it,
+the URL wrk hits) and calls :func:`measure`, which
+
+1. starts every contender as its own process, pinned with ``taskset`` to the
+   gateway CPU, and waits until each answers a GET with the expected status;
+2. warms each one up with a short wrk run;
+3. runs the same wrk command against each in interleaved rounds (A B C A B C ...),
+   wrk pinned to the load CPU;
+4. stops everything, also on an error or Ctrl-C,
+
+and returns one :class:`Result` per contender (medians over the rounds).
+:func:`markdown_table` and :func:`replace_readme_section` turn results into the
+table in ``benchmarks/README.md``. :func:`nginx_upstream` gives the fixed upstream
+(nginx, one worker, pinned to the load CPU) that gateways proxy to.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
+README = BENCH_DIR / "README.md"
+
+UPSTREAM_BODY = '{"id":1,"name":"demo","ok":true}'
+"""What the nginx upstream answers to every request."""
+
+# Debian package that provides each tool the harness runs.
+TOOLS: dict[str, str] = {"wrk": "wrk", "nginx": "nginx", "taskset": "util-linux"}
+
+Log = Callable[[str], None]
+
+
+def log_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class BenchError(RuntimeError):
+    """A benchmark could not run (missing tool, a contender that never came up ...)."""
+
+
+# ---------------------------------------------------------------------------
+# Tools and CPUs
+
+
+def find_tool(name: str) -> str | None:
+    """Path of ``name``, also looking in the sbin directories a non-root PATH lacks."""
+    found = shutil.which(name)
+    if found:
+        return found
+    for directory in ("/usr/sbin", "/sbin", "/usr/local/sbin"):
+        candidate = Path(directory) / name
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return None
+
+
+def ensure_tools(names: Sequence[str] = tuple(TOOLS), log: Log = log_stderr) -> dict[str, str]:
+    """Return ``{tool: path}``, installing missing tools with apt-get (root or sudo -n)."""
+    missing = [name for name in names if find_tool(name) is None]
+    if missing:
+        packages = sorted({TOOLS.get(name, name) for name in missing})
+        if shutil.which("apt-get") is None:
+            raise BenchError(f"missing {', '.join(missing)} and no apt-get to install them")
+        sudo: list[str] = [] if os.geteuid() == 0 else ["sudo", "-n"]
+        if sudo and shutil.which("sudo") is None:
+            raise BenchError(f"missing {', '.join(missing)}; install {' '.join(packages)} as root")
+        log(f"installing {' '.join(packages)} with apt-get ...")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for command in (
+            ["apt-get", "update", "-qq"],
+            ["apt-get", "install", "-y", "-qq", *packages],
+        ):
+            done = subprocess.run([*sudo, *command], env=env, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise BenchError(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
+    paths = {name: find_tool(name) for name in names}
+    still = [name for name, path in paths.items() if path is None]
+    if still:
+        raise BenchError(f"still missing after apt-get: {', '.join(still)}")
+    return {name: path for name, path in paths.items() if path is not None}
+
+
+@dataclass(frozen=True)
+class Cpus:
+    """Which CPU runs the gateway under test and which runs the load (wrk, nginx)."""
+
+    gateway: int
+    load: int
+
+    @classmethod
+    def pick(cls, log: Log = log_stderr) -> Cpus:
+        available = sorted(os.sched_getaffinity(0))
+        if len(available) < 2:
+            log("WARNING: one CPU only; gateway and load generator share it")
+            return cls(available[0], available[0])
+        return cls(available[0], available[1])
+
+
+def pinned(cpu: int, command: Sequence[str]) -> list[str]:
+    return ["taskset", "-c", str(cpu), *command]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+# ---------------------------------------------------------------------------
+# Processes
+
+
+class Process:
+    """A server under test: its own session (process group), output to a log file."""
+
+    def __init__(self, name: str, command: Sequence[str], log_path: Path, env: Mapping[str, str]):
+        self.name = name
+        self.command = list(command)
+        self.log_path = log_path
+        with log_path.open("wb") as out:
+            self.popen = subprocess.Popen(
+                self.command,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **env},
+                cwd=ROOT,
+                start_new_session=True,
+            )
+
+    def output_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def wait_ready(self, url: str, expect_status: int = 200, timeout: float = 30.0) -> None:
+        """Poll a GET on ``url`` until it answers ``expect_status``; fail if the process dies."""
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while time.monotonic() < deadline:
+            if self.popen.poll() is not None:
+                raise BenchError(
+                    f"{self.name} exited with {self.popen.returncode} before it was ready:\n"
+                    f"$ {' '.join(self.command)}\n{self.output_tail()}"
+                )
+            try:
+                with urllib.request.urlopen(url, timeout=2) as answer:
+                    status = answer.status
+            except urllib.error.HTTPError as exc:
+                status = exc.code
+            except (OSError, http.client.HTTPException) as exc:
+                last = str(exc)
+                time.sleep(0.1)
+                continue
+            if status == expect_status:
+                return
+            raise BenchError(f"{self.name}: GET {url} answered {status}, expected {expect_status}")
+        raise BenchError(f"{self.name} not ready at {url} after {timeout:.0f}s ({last})")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM the whole process group, then SIGKILL what is left after ``timeout``."""
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait()
+        # Workers left behind by a master that died first.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def terminate_on_sigterm() -> Iterator[None]:
+    """Raise KeyboardInterrupt on SIGINT and SIGTERM, so ``finally`` blocks stop the servers.
+
+    SIGINT is set explicitly because a shell starts background jobs with it ignored.
+    """
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+# ---------------------------------------------------------------------------
+# The upstream
+
+NGINX_CONF = """\
+daemon off;
+master_process on;
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/nginx-error.log warn;
+
+events {{
+    worker_connections 4096;
+}}
+
+http {{
+    access_log off;
+    client_body_temp_path {dir}/client_body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    keepalive_timeout 75s;
+    keepalive_requests 1000000;
+
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{
+            default_type application/json;
+            return 200 '{body}';
+        }}
+    }}
+}}
+"""
+
+
+@contextlib.contextmanager
+def nginx_upstream(workdir: Path, cpu: int, nginx: str | None = None) -> Iterator[str]:
+    """Run nginx (one worker, keep-alive) answering :data:`UPSTREAM_BODY`; yield its URL."""
+    port = free_port()
+    conf = workdir / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(dir=workdir, port=port, body=UPSTREAM_BODY))
+    binary = nginx or find_tool("nginx") or "nginx"
+    command = [binary, "-p", str(workdir), "-e", str(workdir / "nginx-error.log"), "-c", str(conf)]
+    process = Process("nginx", pinned(cpu, command), workdir / "nginx.out", {})
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        process.wait_ready(url)
+        yield url
+    finally:
+        process.stop()
+
+
+# ---------------------------------------------------------------------------
+# wrk
+
+
+@dataclass(frozen=True)
+class WrkOptions:
+    """One wrk run: ``wrk -t{threads} -c{connections} -d{duration}s --latency URL``."""
+
+    duration: int = 10
+    connections: int = 50
+    threads: int = 1
+    rounds: int = 3
+    warmup: int = 2
+
+    def command(self, url: str, duration: int | None = None) -> list[str]:
+        seconds = self.duration if duration is None else duration
+        return [
+            "wrk",
+            f"-t{self.threads}",
+            f"-c{self.connections}",
+            f"-d{seconds}s",
+            "--latency",
+            url,
+        ]
+
+    def describe(self) -> str:
+        return " ".join(self.command("URL"))
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--duration", type=int, default=10, help="seconds per run [10]")
+        parser.add_argument("--connections", type=int, default=50, help="wrk -c [50]")
+        parser.add_argument("--threads", type=int, default=1, help="wrk -t [1]")
+        parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds [3]")
+        parser.add_argument("--warmup", type=int, default=2, help="warm-up seconds, 0: none [2]")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> WrkOptions:
+        if min(args.duration, args.connections, args.threads, args.rounds) < 1:
+            raise BenchError("--duration, --connections, --threads and --rounds must be >= 1")
+        return cls(args.duration, args.connections, args.threads, args.rounds, args.warmup)
+
+
+@dataclass(frozen=True)
+class WrkResult:
+    requests_per_sec: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    non_2xx_3xx: int = 0
+    socket_errors: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def errors(self) -> int:
+        return self.non_2xx_3xx + sum(self.socket_errors.values())
+
+
+_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
+_PERCENTILE = re.compile(r"^\s*(50|99)(?:\.0+)?%\s+([\d.]+)(us|ms|s|m|h)\s*$", re.M)
+_RPS = re.compile(r"^Requests/sec:\s+([\d.]+)", re.M)
+_REQUESTS = re.compile(r"^\s*(\d+) requests in ", re.M)
+_SOCKET = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", re.M)
+_NON_2XX = re.compile(r"Non-2xx or 3xx responses: (\d+)", re.M)
+
+
+def parse_wrk(output: str) -> WrkResult:
+    """Read requests/s, p50, p99 and error counts from ``wrk --latency`` output."""
+    rps = _RPS.search(output)
+    requests = _REQUESTS.search(output)
+    percentiles = {m[1]: float(m[2]) * _UNITS_MS[m[3]] for m in _PERCENTILE.finditer(output)}
+    if rps is None or requests is None or set(percentiles) != {"50", "99"}:
+        raise BenchError(f"cannot read wrk output (was --latency given?):\n{output}")
+    socket_errors: dict[str, int] = {}
+    found = _SOCKET.search(output)
+    if found:
+        counts = (int(n) for n in found.groups())
+        socket_errors = dict(zip(("connect", "read", "write", "timeout"), counts, strict=True))
+    non_2xx = _NON_2XX.search(output)
+    return WrkResult(
+        requests_per_sec=float(rps[1]),
+        p50_ms=percentiles["50"],
+        p99_ms=percentiles["99"],
+        requests=int(requests[1]),
+        non_2xx_3xx=int(non_2xx[1]) if non_2xx else 0,
+        socket_errors={k: v for k, v in socket_errors.items() if v},
+    )
+
+
+def run_wrk(url: str, options: WrkOptions, cpu: int, duration: int | None = None) -> WrkResult:
+    command = pinned(cpu, options.command(url, duration))
+    seconds = options.duration if duration is None else duration
+    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
+    if done.returncode != 0:
+        raise BenchError(f"$ {' '.join(command)}\nexit {done.returncode}\n{done.stderr}")
+    return parse_wrk(done.stdout)
+
+
+# ---------------------------------------------------------------------------
+# Contenders and results
+
+
+@dataclass(frozen=True)
+class Contender:
+    """One thing to measure.
+
+    ``command`` starts it (pinned to the gateway CPU by :func:`measure`); ``None`` means
+    it is already running, like the upstream measured directly. ``url`` is what wrk hits.
+    """
+
+    name: str
+    url: str
+    command: Sequence[str] | None = None
+    note: str = ""
+    env: Mapping[str, str] = field(default_factory=dict)
+    expect_status: int = 200
+    start_timeout: float = 30.0
+
+
+@dataclass
+class Result:
+    contender: Contender
+    rounds: list[WrkResult] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.contender.name
+
+    @property
+    def requests_per_sec(self) -> float:
+        return statistics.median(r.requests_per_sec for r in self.rounds)
+
+    @property
+    def p50_ms(self) -> float:
+        return statistics.median(r.p50_ms for r in self.rounds)
+
+    @property
+    def p99_ms(self) -> float:
+        return statistics.median(r.p99_ms for r in self.rounds)
+
+    @property
+    def errors(self) -> int:
+        return sum(r.errors for r in self.rounds)
+
+    def error_summary(self) -> str:
+        non_2xx = sum(r.non_2xx_3xx for r in self.rounds)
+        sockets: dict[str, int] = {}
+        for r in self.rounds:
+            for kind, count in r.socket_errors.items():
+                sockets[kind] = sockets.get(kind, 0) + count
+        parts = [f"{non_2xx} non-2xx/3xx"] if non_2xx else []
+        parts += [f"{count} socket {kind}" for kind, count in sockets.items()]
+        return ", ".join(parts) or "none"
+
+
+def measure(
+    contenders: Sequence[Contender],
+    options: WrkOptions,
+    cpus: Cpus,
+    workdir: Path,
+    log: Log = log_stderr,
+) -> list[Result]:
+    """Start ``contenders``, run interleaved wrk rounds against each, stop them; see module doc."""
+    results = [Result(c) for c in contenders]
+    processes: list[Process] = []
+    try:
+        for contender in contenders:
+            if contender.command is None:
+                continue
+            log(f"starting {contender.name}: {' '.join(contender.command)}")
+            process = Process(
+                contender.name,
+                pinned(cpus.gateway, contender.command),
+                workdir / f"{_slug(contender.name)}.log",
+                contender.env,
+            )
+            processes.append(process)
+            process.wait_ready(contender.url, contender.expect_status, contender.start_timeout)
+        if options.warmup > 0:
+            for contender in contenders:
+                log(f"warming up {contender.name} ({options.warmup}s)")
+                run_wrk(contender.url, options, cpus.load, options.warmup)
+        for n in range(1, options.rounds + 1):
+            for result in results:
+                time.sleep(0.5)  # let the previous run's connections close
+                run = run_wrk(result.contender.url, options, cpus.load)
+                result.rounds.append(run)
+                flag = f"  ERRORS: {run.errors}" if run.errors else ""
+                log(
+                    f"round {n}/{options.rounds} {result.name:<16} "
+                    f"{run.requests_per_sec:>10,.0f} req/s  p50 {run.p50_ms:.2f} ms  "
+                    f"p99 {run.p99_ms:.2f} ms{flag}"
+                )
+        for process in processes:
+            if process.popen.poll() is not None:
+                raise BenchError(f"{process.name} died during the run:\n{process.output_tail()}")
+    finally:
+        for process in reversed(processes):
+            process.stop()
+    return results
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "contender"
+
+
+def flag_errors(results: Sequence[Result], log: Log = log_stderr) -> bool:
+    """Log a warning per contender that had errors; True when any had."""
+    bad = [r for r in results if r.errors]
+    for r in bad:
+        log(f"WARNING: {r.name} had errors: {r.error_summary()}")
+    return bool(bad)
+
+
+# ---------------------------------------------------------------------------
+# Reporting
+
+
+def markdown_table(results: Sequence[Result], ratio_to: str | None = None) -> str:
+    """A Markdown table: requests/s, p50, p99, errors and requests/s relative to ``ratio_to``."""
+    baseline = next((r for r in results if r.name == ratio_to), None)
+    header = ["contender", "requests/s", "p50", "p99", "errors"]
+    if baseline is not None:
+        header.append(f"req/s vs {baseline.name}")
+    rows = [header, ["---", "---:", "---:", "---:", "---:"] + (["---:"] if baseline else [])]
+    for r in results:
+        name = f"{r.name} ({r.contender.note})" if r.contender.note else r.name
+        errors = f"**{r.errors}**" if r.errors else "0"
+        row = [
+            name,
+            f"{r.requests_per_sec:,.0f}",
+            f"{r.p50_ms:.2f} ms",
+            f"{r.p99_ms:.2f} ms",
+            errors,
+        ]
+        if baseline is not None:
+            row.append(f"{r.requests_per_sec / baseline.requests_per_sec:.2f}x")
+        rows.append(row)
+    return "\n".join("| " + " | ".join(row) + " |" for row in rows)
+
+
+def ratio_line(results: Sequence[Result], subject: str, baseline: str) -> str:
+    """``subject / baseline: 0.93x requests/s, p50 1.05x, p99 1.10x`` (or why it is missing)."""
+    by_name = {r.name: r for r in results}
+    a, b = by_name.get(subject), by_name.get(baseline)
+    if a is None or b is None:
+        missing = subject if a is None else baseline
+        return f"{subject} / {baseline}: not measured ({missing} was not run)"
+    return (
+        f"{subject} / {baseline}: **{a.requests_per_sec / b.requests_per_sec:.2f}x** requests/s, "
+        f"p50 {a.p50_ms / b.p50_ms:.2f}x, p99 {a.p99_ms / b.p99_ms:.2f}x "
+        "(requests/s: higher is better; latency: lower is better)"
+    )
+
+
+def _version(command: Sequence[str]) -> str:
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    text = (done.stdout + done.stderr).strip().splitlines()
+    return text[0] if text else "?"
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "?"
+
+
+def machine_notes(options: WrkOptions, cpus: Cpus) -> str:
+    """How and where the numbers were taken, for under the table."""
+    try:
+        loop = f"peer proxy on uvloop {metadata.version('uvloop')}"
+    except metadata.PackageNotFoundError:
+        loop = "peer proxy on asyncio"
+    wrk = _version(["wrk", "-v"]).split(" [")[0]
+    nginx = _version([find_tool("nginx") or "nginx", "-v"]).replace("nginx version: ", "")
+    return (
+        f"{time.strftime('%Y-%m-%d')}; {_cpu_model()}, {os.cpu_count()} CPUs; "
+        f"gateways on CPU {cpus.gateway}, wrk and nginx on CPU {cpus.load} (`taskset`); "
+        f"`{options.describe()}`, median of {options.rounds} interleaved rounds, "
+        f"{options.warmup}s warm-up; Python {platform.python_version()}, "
+        f"aiohttp {metadata.version('aiohttp')}, {loop}, {nginx}, {wrk}."
+    )
+
+
+def replace_readme_section(name: str, text: str, readme: Path = README) -> None:
+    """Put ``text`` between ``<!-- bench:NAME:start -->`` and ``<!-- bench:NAME:end -->``."""
+    start, end = f"<!-- bench:{name}:start -->", f"<!-- bench:{name}:end -->"
+    content = readme.read_text()
+    i, j = content.find(start), content.find(end)
+    if i < 0 or j < i:
+        raise BenchError(f"{readme} has no {start} ... {end} markers")
+    readme.write_text(content[: i + len(start)] + "\n" + text.strip() + "\n" + content[j:])
+
+
+@contextlib.contextmanager
+def workspace(prefix: str) -> Iterator[Path]:
+    """A temporary directory for configs and logs; kept with ``BENCH_KEEP=1``."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield path
+    finally:
+        if os.environ.get("BENCH_KEEP"):
+            log_stderr(f"kept {path}")
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------
+# Standard contenders
+
+
+def venv_tool(name: str) -> str | None:
+    """``name`` beside the running interpreter (the venv's bin/), else on PATH."""
+    beside = Path(sys.executable).parent / name
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which(name)
+
+
+def pygate_contender(
+    workdir: Path, config: str, name: str = "pygate", note: str = "", path: str = "/"
+) -> Contender | None:
+    """pygate serving ``config`` (TOML; ``{port}`` is replaced), or None if not installed.
+
+    Started as ``pygate serve -c CONFIG --listen 127.0.0.1:PORT --log-level warning``.
+    """
+    pygate = venv_tool("pygate")
+    if pygate is None:
+        return None
+    port = free_port()
+    config_path = workdir / f"{_slug(name)}.toml"
+    config_path.write_text(config.replace("{port}", str(port)))
+    listen = f"127.0.0.1:{port}"
+    command = [
+        pygate,
+        "serve",
+        "-c",
+        str(config_path),
+        "--listen",
+        listen,
+        "--log-level",
+        "warning",
+    ]
+    return Contender(name, f"http://{listen}{path}", command, note=note)
+
+
+def aiohttp_peer_contender(
+    upstream: str, name: str = "aiohttp proxy", note: str = "", path: str = "/"
+) -> Contender:
+    """The minimal hand-written aiohttp proxy in ``peers/aiohttp/proxy.py``."""
+    port = free_port()
+    script = BENCH_DIR / "peers" / "aiohttp" / "proxy.py"
+    listen = f"127.0.0.1:{port}"
+    command = [sys.executable, str(script), "--listen", listen, "--upstream", upstream]
+    return Contender(name, f"http://{listen}{path}", command, note=note)

@@ -1,0 +1,197 @@
+"""The ``pygate`` command: serve, check, routes, plugins, explain.
+
+Each command is thin: it loads the configuration through one function and
+hands it to one module. Configuration errors are printed with their key paths
+and exit 1, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, NoReturn
+from urllib.parse import urlsplit
+
+import click
+from multidict import CIMultiDict
+
+from . import __version__
+from .app import Gateway, RoutePlan, build_gateway
+from .config import ConfigError, default_path, load, parse_listen, split_listen
+from .errors import GatewayError
+from .plugins import config_for_display, describe_installed
+from .sanitize import host_of, normalize_path
+
+
+def _fail(message: str) -> NoReturn:
+    click.echo(message, err=True)
+    sys.exit(1)
+
+
+@contextmanager
+def _config_errors() -> Iterator[None]:
+    try:
+        yield
+    except ConfigError as exc:
+        _fail(exc.render())
+
+
+def _load(path: str | None) -> Gateway:
+    with _config_errors():
+        config = load(path or default_path())
+        return build_gateway(config)
+
+
+config_option = click.option(
+    "-c", "--config", "config_path", metavar="FILE", default=None,
+    help="Configuration file [default: $PYGATE_CONFIG, then ./pygate.toml]")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="pygate")
+def main() -> None:
+    """pygate: an API gateway in Python."""
+
+
+@main.command()
+@config_option
+@click.option("--listen", metavar="HOST:PORT", help="Override gateway.listen.")
+@click.option("--workers", metavar="N|auto", help="Override gateway.workers.")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
+def serve(config_path: str | None, listen: str | None, workers: str | None,
+          log_level: str) -> None:
+    """Validate the configuration, then serve until SIGTERM/SIGINT (graceful drain)."""
+    from .server import configure_logging, install_uvloop, serve_forever
+
+    gateway = _load(config_path)
+    address = listen or gateway.config.gateway.listen
+    try:
+        parse_listen(address)
+    except ValueError as exc:
+        _fail(f"--listen: {exc}")
+    count = workers or gateway.config.gateway.workers
+    if str(count) not in ("1", "auto") and not str(count).isdigit():
+        _fail(f'--workers: expected a number >= 1 or "auto", found {count!r}')
+    host, port = split_listen(address)
+    configure_logging(log_level)
+    install_uvloop()
+    try:
+        asyncio.run(serve_forever(gateway, host, port))
+    except OSError as exc:
+        _fail(f"cannot listen on {address}: {exc.strerror or exc}")
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command()
+@config_option
+def check(config_path: str | None) -> None:
+    """Validate the configuration; print a summary (exit 0) or every error (exit 1)."""
+    gateway = _load(config_path)
+    config = gateway.config
+    plugins = ", ".join(gateway.plugins.info) or "none"
+    click.echo(f"{config.source}: OK")
+    click.echo(f"  listen: {config.gateway.listen}")
+    click.echo(f"  routes: {len(config.routes)}")
+    click.echo(f"  upstreams: {len(config.upstreams)}")
+    click.echo(f"  plugins: {plugins}")
+
+
+@main.command()
+@config_option
+def routes(config_path: str | None) -> None:
+    """The route table, in match order."""
+    gateway = _load(config_path)
+    rows = [("#", "NAME", "METHODS", "PATH", "HOSTS", "HEADERS", "TARGET", "PLUGINS")]
+    for order, route in enumerate(gateway.router.routes):
+        cfg = route.config
+        plan: RoutePlan = route.payload
+        target = (cfg.upstream if cfg.upstream else
+                  "aggregate: " + ",".join(cfg.aggregate.calls) if cfg.aggregate else "graphql")
+        rows.append((
+            str(order), cfg.name, ",".join(cfg.methods) if cfg.methods else "*", cfg.path,
+            ",".join(cfg.hosts) if cfg.hosts else "*",
+            ",".join(f"{k}={v}" for k, v in (cfg.headers or {}).items()) or "-",
+            target, ",".join(plan.chain.plugins) or "-",
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+
+
+@main.command()
+def plugins() -> None:
+    """Installed plugins (entry point group "pygate") as JSON."""
+    click.echo(json.dumps(describe_installed(), indent=2))
+
+
+@main.command()
+@config_option
+@click.option("-H", "--header", "headers", multiple=True, metavar='"Name: value"',
+              help="A request header (repeatable).")
+@click.argument("method")
+@click.argument("url")
+def explain(config_path: str | None, headers: tuple[str, ...], method: str, url: str) -> None:
+    """Which route matches METHOD URL and why, its plugin chain and target; sends nothing."""
+    gateway = _load(config_path)
+    request_headers: CIMultiDict[str] = CIMultiDict()
+    for header in headers:
+        name, sep, value = header.partition(":")
+        if not sep or not name.strip():
+            _fail(f'-H: expected "Name: value", found {header!r}')
+        request_headers.add(name.strip(), value.strip())
+    parts = urlsplit(url)
+    if parts.scheme and parts.netloc and "Host" not in request_headers:
+        request_headers["Host"] = parts.netloc
+    target = parts.path or "/"
+    if parts.query:
+        target += "?" + parts.query
+    method = method.upper()
+    click.echo(f"request: {method} {target}")
+    try:
+        path, encoded, query = normalize_path(target)
+    except GatewayError as exc:
+        click.echo(f"result: 400 Bad Request ({exc.detail})")
+        return
+    host = host_of(request_headers)
+    click.echo(f"normalized path: {path}" + (f"  host: {host}" if host else ""))
+    match, lines = gateway.router.explain(method, path, host, request_headers)
+    click.echo("routes, in match order:")
+    for line in lines:
+        click.echo(f"  {line}")
+    route = match.route
+    if route is None:
+        if match.allowed:
+            allowed = ", ".join(sorted(match.allowed))
+            click.echo(f"result: 405 Method Not Allowed (allowed: {allowed})")
+        else:
+            click.echo("result: 404 Not Found (no route matches)")
+        return
+    plan: RoutePlan = route.payload
+    cfg = route.config
+    click.echo(f"result: route {route.name!r} (routes[{route.index}])")
+    if match.params:
+        click.echo("path params: " + json.dumps(match.params))
+    click.echo("plugin chain, in order:")
+    if not plan.chain.plugins:
+        click.echo("  (none)")
+    for position, name in enumerate(plan.chain.plugins, 1):
+        info = gateway.plugins.info[name]
+        shown: Any = config_for_display(plan.chain.configs[name])
+        click.echo(f"  {position}. {name} (priority {info.priority}): "
+                   f"{json.dumps(shown, default=str, sort_keys=True)}")
+    if plan.upstream is not None:
+        upstream = plan.upstream
+        sent = route.upstream_path(path, encoded, match.params) + (f"?{query}" if query else "")
+        targets = ", ".join(t.label for t in upstream.targets)
+        click.echo(f"upstream: {upstream.name} ({upstream.config.balancer}: {targets})")
+        click.echo(f"forwarded as: {method} {sent}")
+    elif cfg.aggregate is not None:
+        click.echo(f"aggregate: calls {', '.join(cfg.aggregate.calls)} "
+                   f"(timeout {cfg.aggregate.timeout}s)")
+    elif cfg.graphql is not None:
+        click.echo(f"graphql: schema {cfg.graphql.schema_}")

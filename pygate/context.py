@@ -1,0 +1,124 @@
+"""The per-request context handed to every hook, and the caller's identity."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from multidict import CIMultiDict
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who is calling, as established by an ``authenticate`` hook.
+
+    :param id: the subject or consumer name (``sub`` claim, API-key consumer...).
+    :param roles: the roles the caller holds.
+    :param consumer: the consumer name where the credential names one (key-auth).
+    :param source: the plugin that established the identity.
+    :param fields: extra identity fields (mapped claims), for headers and placeholders.
+    """
+
+    id: str
+    roles: tuple[str, ...] = ()
+    consumer: str | None = None
+    source: str = ""
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """An identity field by name: ``id``, ``roles``, ``consumer`` or a mapped field."""
+        if name == "id":
+            return self.id
+        if name == "roles":
+            return list(self.roles)
+        if name == "consumer":
+            return self.consumer if self.consumer is not None else self.id
+        return self.fields.get(name, default)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteInfo:
+    """The matched route as plugins see it: its name and the path parameters."""
+
+    name: str
+    params: dict[str, str]
+
+
+class Context:
+    """Everything the gateway knows about one request, shared by the hooks.
+
+    ``config`` is set by the chain runner to the effective config of the plugin
+    being called, so a hook always reads its own settings from ``ctx.config``.
+    ``state`` is a free dict for plugins to pass data between their own hooks.
+    """
+
+    __slots__ = (
+        "bytes_in",
+        "bytes_out",
+        "client_ip",
+        "config",
+        "error",
+        "identity",
+        "method",
+        "path",
+        "request_id",
+        "route",
+        "start",
+        "state",
+        "status",
+        "target",
+        "upstream",
+    )
+
+    def __init__(
+        self,
+        *,
+        request_id: str,
+        client_ip: str,
+        method: str,
+        path: str,
+        start: float,
+    ) -> None:
+        self.request_id = request_id
+        self.client_ip = client_ip
+        self.method = method
+        self.path = path
+        self.start = start
+        self.route: RouteInfo | None = None
+        self.identity: Identity | None = None
+        self.config: Any = None
+        self.state: dict[str, Any] = {}
+        self.status = 0
+        self.upstream: str | None = None
+        self.target: str | None = None
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.error: str | None = None
+
+
+class UpstreamRequest:
+    """The request about to be sent upstream; ``transform_request`` hooks mutate it.
+
+    ``path`` is the percent-encoded path the upstream receives and ``query`` the
+    raw query string (without ``?``). ``body`` is ``None`` to stream the client's
+    body through, or bytes to send instead.
+    """
+
+    __slots__ = ("body", "headers", "method", "path", "query", "upstream")
+
+    def __init__(
+        self,
+        *,
+        method: str,
+        path: str,
+        query: str,
+        headers: CIMultiDict[str],
+        upstream: str,
+        body: bytes | None = None,
+    ) -> None:
+        self.method = method
+        self.path = path
+        self.query = query
+        self.headers = headers
+        self.upstream = upstream
+        self.body = body

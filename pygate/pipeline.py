@@ -1,0 +1,275 @@
+"""The request story, top to bottom.
+
+sanitize -> route -> pre_route -> authenticate -> admit -> transform_request
+-> proxy (or aggregate / graphql) -> post_response -> send -> log (scheduled).
+
+Every refusal on the way is a :class:`GatewayError` that becomes a problem
+document; an exception from a plugin becomes a 500 naming the plugin in the
+log, and the next request is served as usual.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from aiohttp import web
+from multidict import CIMultiDict
+
+from .app import Gateway, RoutePlan
+from .context import Context, RouteInfo, UpstreamRequest
+from .errors import (
+    GatewayError,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    from_error,
+    problem_response,
+)
+from .plugins import Chain, Step
+from .sanitize import check_framing, host_of, normalize_path, request_id, strip_hop_by_hop
+from .upstream.forward import Streamer, exchange
+
+log = structlog.get_logger("pygate")
+
+
+class PluginFailure(Exception):
+    def __init__(self, plugin: str, hook: str) -> None:
+        super().__init__(f"plugin {plugin!r} failed in {hook}")
+        self.plugin = plugin
+        self.hook = hook
+
+
+async def _call(step: Step, hook: str, args: tuple[Any, ...], ctx: Context) -> Any:
+    """Call one hook implementation with the plugin's config in ``ctx.config``."""
+    ctx.config = step.config
+    try:
+        if step.args is not None:
+            args = tuple(args[i] for i in step.args)
+        result = step.func(*args)
+        if step.is_async:
+            result = await result
+        return result
+    except GatewayError:
+        raise
+    except Exception as exc:
+        log.error("plugin raised", plugin=step.plugin, hook=hook, request_id=ctx.request_id,
+                  error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+        raise PluginFailure(step.plugin, hook) from exc
+
+
+class Pipeline:
+    """Binds a :class:`Gateway` to the aiohttp low-level server's handler."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gw = gateway
+        self._log_tasks: set[asyncio.Task[None]] = set()
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        gw = self.gw
+        headers = request.headers
+        ctx = Context(
+            request_id=request_id(headers.get("X-Request-ID")),
+            client_ip="",
+            method=request.method,
+            path=request.raw_path,
+            start=time.monotonic(),
+        )
+        peer = request.remote or ""
+        ctx.client_ip, forwarded_for, trusted = gw.forwarded.resolve(
+            peer, headers.get("X-Forwarded-For"))
+        chain: Chain | None = None
+        plan: RoutePlan | None = None
+        stream: Streamer | None = None
+        response: web.StreamResponse | None = None
+        try:
+            if "Content-Length" in headers or "Transfer-Encoding" in headers:
+                check_framing(headers)
+            path, encoded, query = normalize_path(request.raw_path)
+            ctx.path = path
+            host = host_of(headers)
+            match = gw.router.match(request.method, path, host, headers)
+            route = match.route
+            if route is None:
+                tentative = gw.router.lookup(path, host, headers)
+                chain = tentative.payload.chain if tentative is not None else gw.global_chain
+                if tentative is not None:
+                    ctx.route = RouteInfo(tentative.name, {})
+                for step in chain.pre_route:
+                    response = await _call(step, "pre_route", (request, ctx), ctx)
+                    if response is not None:
+                        break
+                if response is None:
+                    if match.allowed:
+                        raise MethodNotAllowed(
+                            f"method {request.method} is not allowed on this route",
+                            headers={"Allow": ", ".join(sorted(match.allowed))})
+                    raise NotFound("no route matches this request")
+            else:
+                plan = route.payload
+                chain = plan.chain
+                ctx.route = RouteInfo(route.name, match.params)
+                for step in chain.pre_route:
+                    response = await _call(step, "pre_route", (request, ctx), ctx)
+                    if response is not None:
+                        break
+                if response is None and chain.authenticate:
+                    for step in chain.authenticate:
+                        identity = await _call(step, "authenticate", (request, ctx), ctx)
+                        if identity is not None:
+                            ctx.identity = identity
+                            break
+                if response is None:
+                    for step in chain.admit:
+                        response = await _call(step, "admit", (request, ctx), ctx)
+                        if response is not None:
+                            break
+                if response is None:
+                    response, stream = await self.proxy(
+                        request, ctx, plan, route.upstream_path(path, encoded, match.params),
+                        query, forwarded_for, trusted)
+        except GatewayError as error:
+            response = from_error(error, request_id=ctx.request_id,
+                                  route=ctx.route.name if ctx.route else None)
+            ctx.error = error.detail
+            stream = None
+        except PluginFailure as failure:
+            response = self._internal_error(ctx)
+            ctx.error = str(failure)
+            stream = None
+        except Exception as exc:
+            log.error("unhandled error", request_id=ctx.request_id, exc_info=exc)
+            response = self._internal_error(ctx)
+            ctx.error = f"{type(exc).__name__}"
+            stream = None
+
+        assert response is not None
+        if "X-Request-ID" not in response.headers:
+            response.headers["X-Request-ID"] = ctx.request_id
+        ctx.status = response.status
+        if chain is not None and chain.post_response:
+            try:
+                for step in chain.post_response:
+                    await _call(step, "post_response", (request, ctx, response), ctx)
+            except GatewayError as error:
+                stream = None
+                response = from_error(error, request_id=ctx.request_id,
+                                      route=ctx.route.name if ctx.route else None)
+            except PluginFailure as failure:
+                stream = None
+                response = self._internal_error(ctx)
+                ctx.error = str(failure)
+            ctx.status = response.status
+
+        await self._send(request, response, stream, ctx)
+        if chain is not None and chain.log:
+            self._schedule_log(chain, ctx)
+        return response
+
+    async def _send(self, request: web.BaseRequest, response: web.StreamResponse,
+                    stream: Streamer | None, ctx: Context) -> None:
+        try:
+            await response.prepare(request)
+            if stream is not None:
+                await stream(response)
+            else:
+                await response.write_eof()
+                body = getattr(response, "body", None)
+                if isinstance(body, bytes):
+                    ctx.bytes_out = len(body)
+        except ConnectionResetError:
+            ctx.error = ctx.error or "client disconnected"
+
+    def _internal_error(self, ctx: Context) -> web.Response:
+        return problem_response(500, "the gateway could not process this request",
+                                request_id=ctx.request_id,
+                                route=ctx.route.name if ctx.route else None)
+
+    async def proxy(self, request: web.BaseRequest, ctx: Context, plan: RoutePlan,
+                    path: str, query: str, forwarded_for: str, trusted: bool
+                    ) -> tuple[web.StreamResponse, Streamer | None]:
+        gw = self.gw
+        upstream = plan.upstream
+        if upstream is None:
+            raise NotFound("this route kind is not available yet")
+        ctx.upstream = upstream.name
+        upstream_request = UpstreamRequest(
+            method=request.method,
+            path=path,
+            query=query,
+            headers=outgoing_headers(request, ctx, forwarded_for, trusted,
+                                     preserve_host=plan.preserve_host),
+            upstream=upstream.name,
+        )
+        for step in plan.chain.transform_request:
+            await _call(step, "transform_request", (request, ctx, upstream_request), ctx)
+        length = request.content_length
+        if length is not None and length > gw.max_body:
+            raise PayloadTooLarge("request body exceeds the gateway's max_body")
+        if request.headers.get("Expect", "").lower() == "100-continue":
+            request.writer.buffer_size = 0
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        deadline = asyncio.get_running_loop().time() + gw.timeout
+        return await exchange(request, ctx, upstream, upstream_request,
+                              max_body=gw.max_body, deadline=deadline)
+
+    def _schedule_log(self, chain: Chain, ctx: Context) -> None:
+        record = access_record(ctx)
+        task = asyncio.get_running_loop().create_task(run_log_hooks(chain, ctx, record))
+        self._log_tasks.add(task)
+        task.add_done_callback(self._log_tasks.discard)
+
+
+def outgoing_headers(request: web.BaseRequest, ctx: Context, forwarded_for: str,
+                     trusted: bool, *, preserve_host: bool) -> CIMultiDict[str]:
+    """The client's headers minus hop-by-hop ones, plus X-Forwarded-* and X-Request-ID."""
+    headers = CIMultiDict(request.headers)
+    strip_hop_by_hop(headers)
+    headers.popall("Expect", None)
+    host = headers.get("Host", "")
+    if not preserve_host:
+        headers.popall("Host", None)
+    headers["X-Forwarded-For"] = forwarded_for
+    if not (trusted and "X-Forwarded-Proto" in headers):
+        headers["X-Forwarded-Proto"] = "https" if request.secure else "http"
+    if not (trusted and "X-Forwarded-Host" in headers):
+        if host:
+            headers["X-Forwarded-Host"] = host
+        else:
+            headers.popall("X-Forwarded-Host", None)
+    headers["X-Request-ID"] = ctx.request_id
+    return headers
+
+
+def access_record(ctx: Context) -> dict[str, Any]:
+    identity = ctx.identity
+    return {
+        "time": time.time(),
+        "request_id": ctx.request_id,
+        "method": ctx.method,
+        "path": ctx.path,
+        "route": ctx.route.name if ctx.route else None,
+        "upstream": ctx.upstream,
+        "target": ctx.target,
+        "status": ctx.status,
+        "duration_ms": round((time.monotonic() - ctx.start) * 1000, 3),
+        "bytes_in": ctx.bytes_in,
+        "bytes_out": ctx.bytes_out,
+        "client_ip": ctx.client_ip,
+        "consumer": identity.get("consumer") if identity else None,
+        "error": ctx.error,
+    }
+
+
+async def run_log_hooks(chain: Chain, ctx: Context, record: dict[str, Any]) -> None:
+    for step in chain.log:
+        try:
+            await _call(step, "log", (ctx, record), ctx)
+        except Exception:  # logged by _call; a log hook never fails a request
+            pass
+
+
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]

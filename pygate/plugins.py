@@ -1,0 +1,290 @@
+"""Plugin discovery, configuration and the per-route chains.
+
+pluggy finds and validates the plugins (entry point group ``pygate``, hook
+names checked by ``check_pending``); pygate dispatches through its own chains,
+compiled once per route at configuration load: for each request hook, the
+ordered implementations of the plugins enabled on that route, each bound to the
+plugin's effective (validated) config and marked async or not, so the request
+path calls functions directly with no registry look-ups.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+import pluggy
+from pydantic import BaseModel, ValidationError
+
+from . import hookspecs
+from .config import Config, ConfigIssue, suggest, validation_issues
+
+ENTRY_POINT_GROUP = "pygate"
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One hook implementation of one plugin, bound to its config for one route."""
+
+    plugin: str
+    func: Callable[..., Any]
+    is_async: bool
+    args: tuple[int, ...] | None  # indexes into the hook's arguments; None = all of them
+    config: Any
+
+
+@dataclass(frozen=True)
+class Chain:
+    """A route's hook implementations, in the order the pipeline calls them."""
+
+    plugins: tuple[str, ...] = ()
+    configs: Mapping[str, Any] = field(default_factory=dict)
+    pre_route: tuple[Step, ...] = ()
+    authenticate: tuple[Step, ...] = ()
+    admit: tuple[Step, ...] = ()
+    transform_request: tuple[Step, ...] = ()
+    aggregate: tuple[Step, ...] = ()
+    post_response: tuple[Step, ...] = ()  # reverse priority order
+    log: tuple[Step, ...] = ()
+
+
+EMPTY_CHAIN = Chain()
+
+
+@dataclass
+class PluginInfo:
+    name: str
+    obj: Any
+    priority: int
+    version: str | None
+    distribution: str | None
+    schema: type[BaseModel] | None
+    hooks: list[str]
+
+
+def distribution_name(plugin: str) -> str:
+    return f"pygate-{plugin}"
+
+
+def installed_entry_points() -> dict[str, metadata.EntryPoint]:
+    """Entry points of group ``pygate`` (``PYGATE_DISABLE_PLUGIN_AUTOLOAD`` hides them)."""
+    if os.environ.get("PYGATE_DISABLE_PLUGIN_AUTOLOAD"):
+        return {}
+    points = {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    only = os.environ.get("PYGATE_LOAD_PLUGINS")
+    if only is not None:
+        allowed = {name.strip() for name in only.split(",") if name.strip()}
+        points = {name: ep for name, ep in points.items() if name in allowed}
+    return points
+
+
+def _dist_of(ep: metadata.EntryPoint) -> tuple[str | None, str | None]:
+    dist = getattr(ep, "dist", None)
+    if dist is None:
+        return None, None
+    return dist.metadata["Name"], dist.version
+
+
+class PluginSet:
+    """The plugins one gateway uses: loaded, registered with pluggy, described."""
+
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager("pygate")
+        self.pm.add_hookspecs(hookspecs)
+        self.info: dict[str, PluginInfo] = {}
+
+    def add(self, name: str, obj: Any, *, version: str | None = None,
+            distribution: str | None = None) -> PluginInfo:
+        self.pm.register(obj, name=name)
+        hooks = sorted(
+            hook for hook in (*hookspecs.REQUEST_HOOKS, *hookspecs.LIFECYCLE_HOOKS)
+            if self._impl(name, hook) is not None
+        )
+        schema: type[BaseModel] | None = None
+        impl = self._impl(name, "config_schema")
+        if impl is not None:
+            schema = impl.function()  # type: ignore[assignment]
+        info = PluginInfo(
+            name=name,
+            obj=obj,
+            priority=int(getattr(obj, "PRIORITY", 0)),
+            version=version or getattr(obj, "__version__", None),
+            distribution=distribution,
+            schema=schema,
+            hooks=hooks,
+        )
+        self.info[name] = info
+        return info
+
+    def _impl(self, plugin: str, hook: str) -> pluggy.HookImpl | None:
+        caller = getattr(self.pm.hook, hook)
+        for impl in caller.get_hookimpls():
+            if impl.plugin_name == plugin:
+                return impl
+        return None
+
+    def impl(self, plugin: str, hook: str) -> pluggy.HookImpl | None:
+        return self._impl(plugin, hook)
+
+    def check(self) -> None:
+        """Fail loudly when a plugin implements a hook name that does not exist."""
+        self.pm.check_pending()
+
+
+def load_plugins(names: Iterable[str], extra: Mapping[str, Any] | None = None
+                 ) -> tuple[PluginSet, list[ConfigIssue]]:
+    """Load the named plugins from entry points (or from ``extra`` objects, for tests)."""
+    plugins = PluginSet()
+    issues: list[ConfigIssue] = []
+    extra = dict(extra or {})
+    points = installed_entry_points()
+    for name in names:
+        if name in plugins.info:
+            continue
+        if name in extra:
+            plugins.add(name, extra[name], distribution="(in-process)")
+            continue
+        ep = points.get(name)
+        if ep is None:
+            known = sorted({*points, *extra})
+            issues.append(ConfigIssue(
+                f"plugins.{name}",
+                f"plugin {name!r} is not installed{suggest(name, known)} "
+                f"(install it with: pip install {distribution_name(name)})"))
+            continue
+        try:
+            obj = ep.load()
+        except Exception as exc:  # a broken third-party plugin must not crash the CLI
+            issues.append(ConfigIssue(f"plugins.{name}", f"plugin {name!r} failed to import: "
+                                      f"{type(exc).__name__}: {exc}"))
+            continue
+        dist, version = _dist_of(ep)
+        plugins.add(name, obj, version=version, distribution=dist)
+    try:
+        plugins.check()
+    except pluggy.PluginValidationError as exc:
+        plugin_name = plugins.pm.get_name(exc.plugin) or "?"
+        issues.append(ConfigIssue(f"plugins.{plugin_name}", f"invalid plugin: {exc}"))
+    return plugins, issues
+
+
+def describe_installed() -> list[dict[str, Any]]:
+    """Every installed plugin: name, version, distribution, priority, hooks."""
+    points = installed_entry_points()
+    out: list[dict[str, Any]] = []
+    for name in sorted(points):
+        plugins, issues = load_plugins([name])
+        if issues:
+            out.append({"name": name, "error": issues[0].message})
+            continue
+        info = plugins.info[name]
+        out.append({
+            "name": name,
+            "version": info.version,
+            "distribution": info.distribution,
+            "priority": info.priority,
+            "hooks": info.hooks,
+        })
+    return out
+
+
+def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def enabled_plugins(config: Config) -> list[str]:
+    """Every plugin name the configuration turns on somewhere, in first-seen order."""
+    names = list(config.plugins)
+    for route in config.routes:
+        for name, setting in route.plugins.items():
+            if setting is not False and name not in names:
+                names.append(name)
+    return names
+
+
+def route_settings(config: Config, route_plugins: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Plugin name -> raw merged settings for one route (global table, then the route's)."""
+    settings: dict[str, dict[str, Any]] = {
+        name: dict(table) for name, table in config.plugins.items()
+    }
+    for name, setting in route_plugins.items():
+        if setting is False:
+            settings.pop(name, None)
+        elif setting is True:
+            settings.setdefault(name, {})
+        else:
+            settings[name] = _merge(settings.get(name, {}), setting)
+    return settings
+
+
+class ChainBuilder:
+    """Validates plugin settings and compiles chains; reuses identical configs."""
+
+    def __init__(self, plugins: PluginSet) -> None:
+        self.plugins = plugins
+        self.issues: list[ConfigIssue] = []
+
+    def validate(self, name: str, raw: dict[str, Any], where: str) -> Any:
+        info = self.plugins.info[name]
+        if info.schema is None:
+            return raw
+        try:
+            return info.schema.model_validate(raw)
+        except ValidationError as exc:
+            for issue in validation_issues(exc, info.schema):
+                path = f"{where}.{issue.path}" if issue.path else where
+                self.issues.append(ConfigIssue(path, issue.message))
+            return None
+
+    def build(self, settings: Mapping[str, dict[str, Any]], where: Mapping[str, str]) -> Chain:
+        """A chain for one route from its merged settings; ``where`` gives key paths."""
+        configs: dict[str, Any] = {}
+        for name, raw in settings.items():
+            if name not in self.plugins.info:
+                continue  # already reported as not installed
+            configs[name] = self.validate(name, raw, where[name])
+        ordered = sorted(configs, key=lambda n: (-self.plugins.info[n].priority, n))
+        steps: dict[str, list[Step]] = {hook: [] for hook in hookspecs.REQUEST_HOOKS}
+        for name in ordered:
+            for hook in hookspecs.REQUEST_HOOKS:
+                impl = self.plugins.impl(name, hook)
+                if impl is None:
+                    continue
+                full = hookspecs.HOOK_ARGS[hook]
+                argnames = tuple(impl.argnames)
+                args = None if argnames == full else tuple(full.index(a) for a in argnames)
+                steps[hook].append(Step(
+                    plugin=name,
+                    func=impl.function,
+                    is_async=inspect.iscoroutinefunction(impl.function),
+                    args=args,
+                    config=configs[name],
+                ))
+        return Chain(
+            plugins=tuple(ordered),
+            configs=configs,
+            pre_route=tuple(steps["pre_route"]),
+            authenticate=tuple(steps["authenticate"]),
+            admit=tuple(steps["admit"]),
+            transform_request=tuple(steps["transform_request"]),
+            aggregate=tuple(steps["aggregate"]),
+            post_response=tuple(reversed(steps["post_response"])),
+            log=tuple(steps["log"]),
+        )
+
+
+def config_for_display(value: Any) -> Any:
+    """A plugin config as plain data, for ``pygate explain``."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    return value
