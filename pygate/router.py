@@ -125,16 +125,25 @@ class Route:
                 -self.constraints, self.index)
 
     def upstream_path(self, path: str, encoded: str, params: Mapping[str, str]) -> str:
-        """The path sent upstream: rewrite, strip_path, or the (encoded) path itself."""
+        """The path sent upstream (percent-encoded).
+
+        A template route's ``rewrite`` is rendered from the params; a prefix
+        route's ``rewrite`` replaces the matched prefix. Otherwise ``strip_path``
+        removes the literal prefix (for templates: the literal segments before
+        the first parameter), or the path goes as it is.
+        """
         config = self.config
-        if config.rewrite is not None:
+        if config.rewrite is not None and self.path.is_template:
             return _render(config.rewrite, params, self.path.path_params)
-        if not config.strip_path or not self.path.prefix:
+        if config.rewrite is None and (not config.strip_path or not self.path.prefix):
             return encoded
-        rest = path[len(self.path.prefix):] or "/"
-        if encoded is path:
-            return rest
-        return quote(rest, safe=_PATH_SAFE)
+        rest = path[len(self.path.prefix):]
+        if encoded is not path:
+            rest = quote(rest, safe=_PATH_SAFE)
+        if config.rewrite is not None:
+            # a prefix route's rewrite replaces the matched prefix
+            return config.rewrite.rstrip("/") + rest or "/"
+        return rest or "/"
 
 
 _PATH_SAFE = "/!$&'()*+,;=:@~"

@@ -1,0 +1,46 @@
+# Two commands do all the set-up on a fresh Debian/Ubuntu machine with Python 3.11+:
+#   make serve   demo services + the gateway on 127.0.0.1:8080
+#   make test    the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PLUGINS := $(sort $(wildcard plugins/*/pyproject.toml))
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: serve test install lint redis-server clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Re-install when any pyproject changes (new plugin, new dependency).
+$(STAMP): pyproject.toml $(PLUGINS) | $(BIN)/python
+	$(BIN)/pip install --quiet -e ".[test,speed]" $(foreach p,$(PLUGINS),-e ./$(dir $(p)))
+	touch $(STAMP)
+
+install: $(STAMP)
+
+serve: $(STAMP)
+	@$(BIN)/python -m pygate.demo & demo=$$!; \
+	trap 'kill $$demo 2>/dev/null' EXIT INT TERM; \
+	$(BIN)/pygate serve -c pygate.toml
+
+# Tests that need Redis start their own redis-server; install it when missing and allowed.
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; \
+	  elif sudo -n true 2>/dev/null; then sudo apt-get update -qq && sudo apt-get install -y -qq redis-server >/dev/null; \
+	  else echo "redis-server is missing and cannot be installed (not root, no sudo)"; fi; }
+
+test: $(STAMP) redis-server
+	$(BIN)/ruff check .
+	$(BIN)/mypy pygate
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy pygate
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,236 @@
+"""The plugin system through pygate.testing: chains, config, priorities, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import types
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from pygate import Context, UpstreamRequest, hookimpl
+from pygate.app import build_gateway
+from pygate.cli import main
+from pygate.config import ConfigError, load_data
+from pygate.hookspecs import REQUEST_HOOKS
+
+from . import example_plugin
+
+
+def route(upstream: str, **extra: Any) -> dict[str, Any]:
+    return {"name": "r", "path": "/", "upstream": upstream, **extra}
+
+
+async def test_every_hook_runs_with_its_config(pygate_gateway, fake_upstream):
+    upstream = await fake_upstream()
+    example_plugin.seen.clear()
+    gateway = await pygate_gateway(
+        {"plugins": {"stamp": {"value": "global"}},
+         "routes": [route(upstream.url, plugins={"stamp": {"value": "per-route"}})]},
+        plugins={"stamp": example_plugin},
+    )
+    status, headers, _ = await gateway.request("GET", "/x", headers={"X-Demo-User": "ann"})
+    assert status == 200
+    assert headers["X-Stamped"] == "per-route"
+    sent = upstream.requests[-1]
+    assert sent.headers["X-Stamp"] == "per-route"
+    assert sent.headers["X-Stamp-User"] == "ann"
+    for _ in range(50):
+        if example_plugin.seen:
+            break
+        await asyncio.sleep(0.01)
+    record = example_plugin.seen[-1]
+    assert record["status"] == 200
+    assert record["route"] == "r"
+    assert record["request_id"] == headers["X-Request-ID"]
+
+
+async def test_pre_route_answers_without_upstream(pygate_gateway, fake_upstream):
+    upstream = await fake_upstream()
+    gateway = await pygate_gateway(
+        {"routes": [route(upstream.url, methods=["GET"],
+                          plugins={"stamp": {"answer_path": "/pre"}})]},
+        plugins={"stamp": example_plugin},
+    )
+    # pre_route runs before 405 is decided: a DELETE still reaches it
+    status, headers, body = await gateway.request("DELETE", "/pre")
+    assert (status, body) == (200, b"answered by stamp")
+    assert headers["X-Stamped"] == "yes"
+    assert upstream.requests == []
+
+
+async def test_refusal_is_a_problem_document(pygate_gateway, fake_upstream):
+    upstream = await fake_upstream()
+    gateway = await pygate_gateway({"plugins": {"stamp": {}}, "routes": [route(upstream.url)]},
+                                   plugins={"stamp": example_plugin})
+    status, headers, body = await gateway.request("GET", "/", headers={"X-Demo-Block": "1"})
+    assert status == 403
+    assert headers["Content-Type"] == "application/problem+json"
+    assert body["detail"] == "blocked by stamp"
+    assert body["route"] == "r"
+    assert headers["X-Stamped"] == "yes"  # post_response runs on refusals too
+    assert upstream.requests == []
+
+
+async def test_route_can_turn_a_global_plugin_off(pygate_gateway, fake_upstream):
+    upstream = await fake_upstream()
+    gateway = await pygate_gateway(
+        {"plugins": {"stamp": {}},
+         "routes": [route(upstream.url, name="on", path="/on"),
+                    route(upstream.url, name="off", path="/off", plugins={"stamp": False})]},
+        plugins={"stamp": example_plugin},
+    )
+    _, on_headers, _ = await gateway.request("GET", "/on")
+    _, off_headers, _ = await gateway.request("GET", "/off")
+    assert on_headers["X-Stamped"] == "yes"
+    assert "X-Stamped" not in off_headers
+    assert "X-Stamp" not in upstream.requests[-1].headers
+
+
+def _plugin(name: str, priority: int, order: list[str], fail: bool = False) -> types.ModuleType:
+    module = types.ModuleType(name)
+    module.PRIORITY = priority  # type: ignore[attr-defined]
+
+    @hookimpl
+    def transform_request(upstream_request: UpstreamRequest) -> None:
+        order.append(f"request:{name}")
+        if fail:
+            raise RuntimeError("boom")
+
+    @hookimpl
+    def post_response(ctx: Context) -> None:
+        order.append(f"response:{name}")
+
+    module.transform_request = transform_request  # type: ignore[attr-defined]
+    module.post_response = post_response  # type: ignore[attr-defined]
+    return module
+
+
+async def test_priority_orders_request_and_response_sides(pygate_gateway, fake_upstream):
+    upstream = await fake_upstream()
+    order: list[str] = []
+    gateway = await pygate_gateway(
+        {"plugins": {"low": {}, "high": {}, "mid": {}}, "routes": [route(upstream.url)]},
+        plugins={"low": _plugin("low", 1, order), "high": _plugin("high", 900, order),
+                 "mid": _plugin("mid", 50, order)},
+    )
+    status, _, _ = await gateway.request("GET", "/")
+    assert status == 200
+    assert order == ["request:high", "request:mid", "request:low",
+                     "response:low", "response:mid", "response:high"]
+
+
+async def test_plugin_that_raises_gives_500_and_gateway_keeps_serving(
+        pygate_gateway, fake_upstream):
+    upstream = await fake_upstream()
+    order: list[str] = []
+    gateway = await pygate_gateway(
+        {"routes": [route(upstream.url, name="bad", path="/bad", plugins={"broken": {}}),
+                    route(upstream.url, name="good", path="/good")]},
+        plugins={"broken": _plugin("broken", 1, order, fail=True)},
+    )
+    status, headers, body = await gateway.request("GET", "/bad")
+    assert status == 500
+    assert headers["Content-Type"] == "application/problem+json"
+    assert "boom" not in json.dumps(body) and "Traceback" not in json.dumps(body)
+    assert upstream.requests == []
+    status, _, _ = await gateway.request("GET", "/good")
+    assert status == 200
+
+
+def test_plugin_failure_is_logged_with_its_name(tmp_path):
+    """The log line of a failing plugin names it (checked on a real process's stderr)."""
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import asyncio, sys\n"
+        "sys.path.insert(0, %r)\n"
+        "from pygate.server import configure_logging\n"
+        "from pygate.testing import start_gateway, start_fake_upstream\n"
+        "from tests.test_plugins import _plugin\n"
+        "async def main():\n"
+        "    configure_logging('info')\n"
+        "    up = await start_fake_upstream()\n"
+        "    gw = await start_gateway({'routes': [{'name': 'r', 'path': '/', 'upstream': up.url,"
+        " 'plugins': {'fragile': {}}}]}, {'fragile': _plugin('fragile', 1, [], fail=True)})\n"
+        "    print(await gw.request('GET', '/'), flush=True)\n"
+        "    await gw.close(); await up.close()\n"
+        "asyncio.run(main())\n" % str(__import__("pathlib").Path(__file__).parent.parent)
+    )
+    import subprocess
+
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "(500," in done.stdout
+    line = next(line for line in done.stderr.splitlines() if "plugin raised" in line)
+    assert json.loads(line)["plugin"] == "fragile"
+
+
+def test_missing_plugin_names_the_distribution():
+    config = load_data({"plugins": {"jwtt": {}},
+                        "routes": [route("http://127.0.0.1:9", plugins={"nope": {}})]})
+    with pytest.raises(ConfigError) as caught:
+        build_gateway(config, extra_plugins={"jwt": example_plugin})
+    text = caught.value.render()
+    assert "plugins.jwtt: plugin 'jwtt' is not installed; did you mean 'jwt'?" in text
+    assert "pip install pygate-jwtt" in text
+    assert "pip install pygate-nope" in text
+
+
+def test_plugin_config_errors_carry_the_key_path():
+    config = load_data({"plugins": {"stamp": {"vaule": "x"}},
+                        "routes": [route("http://127.0.0.1:9",
+                                         plugins={"stamp": {"value": 3}})]})
+    with pytest.raises(ConfigError) as caught:
+        build_gateway(config, extra_plugins={"stamp": example_plugin})
+    text = caught.value.render()
+    assert "plugins.stamp.vaule: unknown key; did you mean 'value'?" in text
+    assert "routes[0].plugins.stamp.value:" in text
+
+
+def test_chain_is_compiled_once_per_route():
+    config = load_data({"plugins": {"stamp": {"value": "g"}},
+                        "routes": [route("http://127.0.0.1:9", name="a", path="/a"),
+                                   route("http://127.0.0.1:9", name="b", path="/b",
+                                         plugins={"stamp": False})]})
+    gateway = build_gateway(config, extra_plugins={"stamp": example_plugin})
+    chains = {r.name: r.payload.chain for r in gateway.router.routes}
+    assert chains["a"].plugins == ("stamp",)
+    assert chains["a"].configs["stamp"].value == "g"
+    assert [step.plugin for step in chains["a"].transform_request] == ["stamp"]
+    assert chains["b"].plugins == ()
+    # implementations that take a subset of the arguments are called with that subset
+    auth = chains["a"].authenticate[0]
+    assert auth.is_async and auth.args == (0,)
+
+
+def test_hook_names_are_the_documented_ones():
+    assert REQUEST_HOOKS == ("pre_route", "authenticate", "admit", "transform_request",
+                             "aggregate", "post_response", "log")
+
+
+def test_misspelled_hook_fails_at_load():
+    module = types.ModuleType("typo")
+
+    @hookimpl
+    def authenticat(request: Any) -> None:
+        return None
+
+    module.authenticat = authenticat  # type: ignore[attr-defined]
+    config = load_data({"plugins": {"typo": {}}, "routes": [route("http://127.0.0.1:9")]})
+    with pytest.raises(ConfigError) as caught:
+        build_gateway(config, extra_plugins={"typo": module})
+    assert "plugins.typo" in caught.value.render()
+    assert "authenticat" in caught.value.render()
+
+
+def test_plugins_command_lists_installed_plugins_as_json():
+    result = CliRunner().invoke(main, ["plugins"])
+    assert result.exit_code == 0
+    listed = json.loads(result.output)
+    assert isinstance(listed, list)
+    for entry in listed:
+        assert {"name", "version", "distribution", "hooks"} <= set(entry)
