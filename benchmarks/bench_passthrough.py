@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from common import (
+    UPSTREAM_BODY,
     BenchError,
     Contender,
     Cpus,
@@ -65,7 +67,8 @@ def contenders(upstream: str, workdir: Path) -> list[Contender]:
     else:
         found.append(pygate)
     found.append(aiohttp_peer_contender(target, PEER))
-    return found
+    # Each must answer the upstream's own body before it is measured.
+    return [replace(c, expect_body=UPSTREAM_BODY.encode()) for c in found]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -158,30 +158,6 @@ class Process:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
-    def wait_ready(self, url: str, expect_status: int = 200, timeout: float = 30.0) -> None:
-        """Poll a GET on ``url`` until it answers ``expect_status``; fail if the process dies."""
-        deadline = time.monotonic() + timeout
-        last = "no answer"
-        while time.monotonic() < deadline:
-            if self.popen.poll() is not None:
-                raise BenchError(
-                    f"{self.name} exited with {self.popen.returncode} before it was ready:\n"
-                    f"$ {' '.join(self.command)}\n{self.output_tail()}"
-                )
-            try:
-                with urllib.request.urlopen(url, timeout=2) as answer:
-                    status = answer.status
-            except urllib.error.HTTPError as exc:
-                status = exc.code
-            except (OSError, http.client.HTTPException) as exc:
-                last = str(exc)
-                time.sleep(0.1)
-                continue
-            if status == expect_status:
-                return
-            raise BenchError(f"{self.name}: GET {url} answered {status}, expected {expect_status}")
-        raise BenchError(f"{self.name} not ready at {url} after {timeout:.0f}s ({last})")
-
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM the whole process group, then SIGKILL what is left after ``timeout``."""
         if self.popen.poll() is None:
@@ -196,6 +172,42 @@ class Process:
         # Workers left behind by a master that died first.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.popen.pid, signal.SIGKILL)
+
+
+def wait_until_answers(
+    name: str,
+    url: str,
+    expect_status: int = 200,
+    expect_body: bytes | None = None,
+    timeout: float = 30.0,
+    process: Process | None = None,
+) -> None:
+    """Poll a GET on ``url`` until it answers as expected; fail early if ``process`` dies."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if process is not None and process.popen.poll() is not None:
+            raise BenchError(
+                f"{name} exited with {process.popen.returncode} before it was ready:\n"
+                f"$ {' '.join(process.command)}\n{process.output_tail()}"
+            )
+        try:
+            with urllib.request.urlopen(url, timeout=2) as answer:
+                status, body = answer.status, answer.read()
+        except urllib.error.HTTPError as exc:
+            status, body = exc.code, exc.read()
+        except (OSError, http.client.HTTPException) as exc:
+            status, body = 0, str(exc).encode()
+        if status == expect_status and expect_body in (None, body):
+            return
+        last = f"{status or 'no answer'}: {body[:200].decode(errors='replace')}"
+        time.sleep(0.1)
+    raise BenchError(
+        f"{name}: GET {url} did not answer {expect_status}"
+        f"{' with the expected body' if expect_body is not None else ''} "
+        f"within {timeout:.0f}s (last: {last})"
+        + (f"\n{process.output_tail()}" if process is not None else "")
+    )
 
 
 @contextlib.contextmanager
@@ -262,7 +274,7 @@ def nginx_upstream(workdir: Path, cpu: int, nginx: str | None = None) -> Iterato
     process = Process("nginx", pinned(cpu, command), workdir / "nginx.out", {})
     try:
         url = f"http://127.0.0.1:{port}/"
-        process.wait_ready(url)
+        wait_until_answers("nginx", url, 200, UPSTREAM_BODY.encode(), process=process)
         yield url
     finally:
         process.stop()
@@ -383,6 +395,7 @@ class Contender:
     note: str = ""
     env: Mapping[str, str] = field(default_factory=dict)
     expect_status: int = 200
+    expect_body: bytes | None = None
     start_timeout: float = 30.0
 
 
@@ -434,17 +447,24 @@ def measure(
     processes: list[Process] = []
     try:
         for contender in contenders:
-            if contender.command is None:
-                continue
-            log(f"starting {contender.name}: {' '.join(contender.command)}")
-            process = Process(
+            process = None
+            if contender.command is not None:
+                log(f"starting {contender.name}: {' '.join(contender.command)}")
+                process = Process(
+                    contender.name,
+                    pinned(cpus.gateway, contender.command),
+                    workdir / f"{_slug(contender.name)}.log",
+                    contender.env,
+                )
+                processes.append(process)
+            wait_until_answers(
                 contender.name,
-                pinned(cpus.gateway, contender.command),
-                workdir / f"{_slug(contender.name)}.log",
-                contender.env,
+                contender.url,
+                contender.expect_status,
+                contender.expect_body,
+                contender.start_timeout,
+                process,
             )
-            processes.append(process)
-            process.wait_ready(contender.url, contender.expect_status, contender.start_timeout)
         if options.warmup > 0:
             for contender in contenders:
                 log(f"warming up {contender.name} ({options.warmup}s)")

@@ -201,12 +201,15 @@ async def sse(request: web.Request) -> web.StreamResponse:
     )
     await response.prepare(request)
     service = request.app[SERVICE_NAME]
-    for n in range(1, count + 1):
-        if n > 1:
-            await asyncio.sleep(interval)
-        data = json.dumps({"service": service, "n": n})
-        await response.write(f"id: {n}\nevent: tick\ndata: {data}\n\n".encode())
-    await response.write_eof()
+    try:
+        for n in range(1, count + 1):
+            if n > 1:
+                await asyncio.sleep(interval)
+            data = json.dumps({"service": service, "n": n})
+            await response.write(f"id: {n}\nevent: tick\ndata: {data}\n\n".encode())
+        await response.write_eof()
+    except ConnectionResetError:  # the client went away mid-stream: nothing to report
+        pass
     return response
 
 
