@@ -75,8 +75,24 @@ def key_path(loc: Iterable[str | int]) -> str:
 
 def suggest(name: str, options: Iterable[str]) -> str:
     """`` did you mean 'x'?`` for the nearest valid name, or an empty string."""
-    close = difflib.get_close_matches(name, list(options), n=1, cutoff=0.6)
+    candidates = list(options)
+    close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
+    if not close and len(name) >= 2:
+        # short names ({ib} for {id}) fall below the ratio with a single typo
+        close = [c for c in candidates if _one_typo(name.lower(), c.lower())][:1]
     return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _one_typo(a: str, b: str) -> bool:
+    """One character replaced, inserted, deleted, or two neighbours swapped."""
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        diff = [i for i in range(len(a)) if a[i] != b[i]]
+        return len(diff) == 1 or (len(diff) == 2 and diff[1] == diff[0] + 1
+                                  and a[diff[0]] == b[diff[1]] and a[diff[1]] == b[diff[0]])
+    short, long = (a, b) if len(a) < len(b) else (b, a)
+    return any(long[:i] + long[i + 1:] == short for i in range(len(long)))
 
 
 # ---------------------------------------------------------------------------
@@ -150,6 +166,8 @@ class Model(BaseModel):
 def _workers(value: Any) -> int | str:
     if value == "auto":
         return "auto"
+    if isinstance(value, str) and value.isascii() and value.strip().isdigit():
+        value = int(value)  # e.g. workers = "${PYGATE_WORKERS:-2}"
     if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
         return value
     raise ValueError(f'expected a number of workers >= 1 or "auto", found {value!r}')
@@ -358,10 +376,11 @@ def interpolate(data: Any, env: Mapping[str, str], issues: list[ConfigIssue],
 
         def replace(match: re.Match[str]) -> str:
             name, default = match.group(1), match.group(2)
-            if name in env:
-                return env[name]
+            value = env.get(name)
+            if value is not None and (value or default is None):
+                return value
             if default is not None:
-                return default
+                return default  # unset or empty, as in the shell
             issues.append(ConfigIssue(key_path(loc), f"environment variable {name} is not set "
                                       f"(use ${{{name}:-default}} for a default)"))
             return ""
@@ -374,41 +393,54 @@ def interpolate(data: Any, env: Mapping[str, str], issues: list[ConfigIssue],
     return data
 
 
-def _unwrap(annotation: Any) -> list[Any]:
-    """The model classes an annotation may hold (through Optional, list, dict, Annotated)."""
+def _branches(annotation: Any) -> list[Any]:
+    """The annotations an annotation may stand for (through Annotated and unions)."""
     origin = typing.get_origin(annotation)
     if origin is Annotated:
-        return _unwrap(typing.get_args(annotation)[0])
-    if origin in (list, tuple, set, frozenset):
-        return [x for arg in typing.get_args(annotation) for x in _unwrap(arg)]
-    if origin is dict:
-        return _unwrap(typing.get_args(annotation)[1])
+        return _branches(typing.get_args(annotation)[0])
     if origin in (typing.Union, types.UnionType):
-        return [x for arg in typing.get_args(annotation) for x in _unwrap(arg)]
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [annotation]
-    return []
+        return [x for arg in typing.get_args(annotation) for x in _branches(arg)]
+    return [annotation]
+
+
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
 def _model_at(model: type[BaseModel], loc: tuple[str | int, ...]) -> type[BaseModel] | None:
-    """The model class that holds the last element of ``loc``."""
-    current: type[BaseModel] | None = model
+    """The model class that holds the last element of ``loc``.
+
+    Each element is read the way the annotation at that point says: a field
+    name of a model, a key of a dict, or an index of a list.
+    """
+    current: list[Any] = [model]
     for part in loc[:-1]:
-        if current is None:
-            return None
-        if isinstance(part, int):
-            continue
-        field = current.model_fields.get(str(part))
-        if field is None:
-            # a dict key (upstream name, call name) or a list index: stay on current type
-            continue
-        models = _unwrap(field.annotation)
-        current = models[0] if models else None
-    return current
+        following: list[Any] = []
+        for annotation in (b for a in current for b in _branches(a)):
+            origin = typing.get_origin(annotation)
+            if origin in (list, tuple, set, frozenset) and isinstance(part, int):
+                following.extend(typing.get_args(annotation)[:1])
+            elif origin is dict and isinstance(part, str):
+                following.append(typing.get_args(annotation)[1])
+            elif _is_model(annotation) and isinstance(part, str):
+                for name, field in annotation.model_fields.items():
+                    if (field.alias or name) == part:
+                        following.append(field.annotation)
+        current = following
+    for annotation in (b for a in current for b in _branches(a)):
+        if _is_model(annotation):
+            found: type[BaseModel] = annotation
+            return found
+    return None
 
 
 def _field_names(model: type[BaseModel]) -> list[str]:
     return [f.alias or name for name, f in model.model_fields.items() if not f.exclude]
+
+
+def _unknown_key(name: str, options: list[str]) -> str:
+    allowed = f" (allowed: {', '.join(options)})" if options else ""
+    return f"unknown key{suggest(name, options) or allowed}"
 
 
 def validation_issues(error: ValidationError, model: type[BaseModel],
@@ -423,17 +455,25 @@ def validation_issues(error: ValidationError, model: type[BaseModel],
             owner = _model_at(model, loc)
             options = _field_names(owner) if owner else []
             name = str(loc[-1]) if loc else ""
-            allowed = f" (allowed: {', '.join(options)})" if options else ""
-            issues.append(ConfigIssue(path, f"unknown key{suggest(name, options) or allowed}"))
+            issues.append(ConfigIssue(path, _unknown_key(name, options)))
             continue
         if kind == "missing":
             issues.append(ConfigIssue(path, "required key is missing"))
             continue
         message = err["msg"]
         if message.startswith("Value error, "):
-            message = message[len("Value error, "):]
-        elif "input" in err and not isinstance(err["input"], dict | list):
-            message = f"{message[0].lower()}{message[1:]}, found {err['input']!r}"
+            issues.append(ConfigIssue(path, message[len("Value error, "):]))
+            continue
+        if kind in ("model_type", "dict_type"):
+            message = "expected a table"  # TOML words, not pydantic's class names
+        elif kind == "list_type":
+            message = "expected an array"
+        else:
+            message = f"{message[0].lower()}{message[1:]}"
+        type_error = kind in ("model_type", "dict_type", "list_type")
+        if "input" in err and (type_error or not isinstance(err["input"], dict | list)):
+            found = repr(err["input"])
+            message = f"{message}, found {found if len(found) <= 60 else found[:57] + '...'}"
         issues.append(ConfigIssue(path, message))
     return issues
 
@@ -446,6 +486,9 @@ def parse_toml(path: Path) -> dict[str, Any]:
     except OSError as exc:
         issue = ConfigIssue("", f"cannot read file: {exc.strerror}")
         raise ConfigError(str(path), [issue]) from None
+    except UnicodeDecodeError as exc:
+        issue = ConfigIssue("", f"cannot read file: not UTF-8 text (byte {exc.start})")
+        raise ConfigError(str(path), [issue]) from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -455,21 +498,71 @@ def parse_toml(path: Path) -> dict[str, Any]:
 def load_data(data: dict[str, Any], *, source: str = "<config>", base_dir: str = ".",
               env: Mapping[str, str] | None = None) -> Config:
     """Validate a config tree (already parsed) and return the model, or raise ConfigError."""
+    unset: list[ConfigIssue] = []
+    data = interpolate(data, os.environ if env is None else env, unset)
     issues: list[ConfigIssue] = []
-    data = interpolate(data, os.environ if env is None else env, issues)
+    if isinstance(data, dict) and any(key in data for key in _NOT_FROM_FILE):
+        # model fields that record where the file came from; not keys of the file
+        for key in _NOT_FROM_FILE:
+            if key in data:
+                issues.append(ConfigIssue(key, _unknown_key(key, _field_names(Config))))
+        data = {k: v for k, v in data.items() if k not in _NOT_FROM_FILE}
     config: Config | None = None
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
         issues.extend(validation_issues(exc, Config))
+        issues.extend(_check_valid_part(data, exc))
     if config is not None:
         config.source = source
         config.base_dir = base_dir
         issues.extend(cross_check(config))
-    if issues:
-        raise ConfigError(source, issues)
+    if unset or issues:
+        # an unset variable became "": report it once, not again as an invalid value
+        unset_paths = {issue.path for issue in unset}
+        raise ConfigError(source, unset + [i for i in issues if i.path not in unset_paths])
     assert config is not None
     return config
+
+
+_NOT_FROM_FILE = ("source", "base_dir")
+
+
+def _check_valid_part(data: Any, error: ValidationError) -> list[ConfigIssue]:
+    """Cross-check the routes and upstreams that validated, so one run reports every error.
+
+    Routes and upstreams with their own errors are left out (their errors are
+    already reported), keeping the original route indices in key paths; every
+    upstream name in the file still counts as defined for references.
+    """
+    if not isinstance(data, dict):
+        return []
+    bad_routes: set[int] = set()
+    bad_upstreams: set[str] = set()
+    bad_sections: set[str] = set()
+    for err in error.errors():
+        loc = err["loc"]
+        if not loc:
+            return []
+        if loc[0] == "routes" and len(loc) > 1 and isinstance(loc[1], int):
+            bad_routes.add(loc[1])
+        elif loc[0] == "upstreams" and len(loc) > 1 and isinstance(loc[1], str):
+            bad_upstreams.add(loc[1])
+        else:
+            bad_sections.add(str(loc[0]))
+    if bad_sections & {"routes", "upstreams"}:
+        return []
+    routes = data.get("routes", [])
+    upstreams = data.get("upstreams", {})
+    indices = [i for i in range(len(routes)) if i not in bad_routes]
+    valid = {k: v for k, v in data.items() if k not in bad_sections}
+    valid["routes"] = [routes[i] for i in indices]
+    valid["upstreams"] = {k: v for k, v in upstreams.items() if k not in bad_upstreams}
+    try:
+        config = Config.model_validate(valid)
+    except ValidationError:
+        return []
+    return _cross_check(config, indices, list(upstreams))
 
 
 def load(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
@@ -489,11 +582,46 @@ def is_url(value: str) -> bool:
 
 def cross_check(config: Config) -> list[ConfigIssue]:
     """Checks that span sections: unique names, route kinds, references, templates."""
+    return _cross_check(config, range(len(config.routes)), list(config.upstreams))
+
+
+_REWRITE_PLACEHOLDER = re.compile(r"\{[^{}]*\}")
+_REWRITE_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::path)?\}")
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _rewrite_issues(rewrite: str, params: list[str], where: str) -> list[ConfigIssue]:
+    issues = []
+    outside = _REWRITE_PLACEHOLDER.sub("", rewrite)
+    if "{" in outside or "}" in outside:
+        issues.append(ConfigIssue(where, f"unbalanced braces in {rewrite!r}"))
+    for placeholder in _REWRITE_PLACEHOLDER.findall(rewrite):
+        found = _REWRITE_PARAM.fullmatch(placeholder)
+        if found is None:
+            issues.append(ConfigIssue(where, "expected a parameter like {id} or {rest:path}, "
+                                      f"found {placeholder!r}"))
+        elif found.group(1) not in params:
+            name = found.group(1)
+            issues.append(ConfigIssue(where, f"unknown path parameter {{{name}}}"
+                                      f"{suggest(name, params)}"))
+    return issues
+
+
+def _cross_check(config: Config, indices: Iterable[int],
+                 upstream_names: list[str]) -> list[ConfigIssue]:
+    """:func:`cross_check` with the file's index of each route and every upstream name."""
     from .router import TemplateError, compile_path
 
     issues: list[ConfigIssue] = []
     seen: dict[str, int] = {}
-    upstream_names = list(config.upstreams)
 
     def check_upstream_ref(ref: str, loc: str) -> None:
         if is_url(ref):
@@ -501,19 +629,19 @@ def cross_check(config: Config) -> list[ConfigIssue]:
                 TargetConfig(url=ref)
             except ValidationError as exc:
                 issues.append(ConfigIssue(loc, validation_issues(exc, TargetConfig)[0].message))
-        elif ref not in config.upstreams:
+        elif ref not in upstream_names:
             hint = suggest(ref, upstream_names) or (
                 f"; defined upstreams: {', '.join(upstream_names)}" if upstream_names
                 else "; no [upstreams] are defined (or give a URL)")
             issues.append(ConfigIssue(loc, f"unknown upstream {ref!r}{hint}"))
 
-    if config.admin is not None and config.admin.token is None:
+    if config.admin is not None and not (config.admin.token or "").strip():
         host, _ = split_listen(config.admin.listen)
-        if host not in ("127.0.0.1", "::1", "localhost"):
-            issues.append(ConfigIssue("admin.token",
-                                      "required when admin.listen is not a loopback address"))
+        if not _is_loopback(host):
+            issues.append(ConfigIssue("admin.token", "required (and not empty) when "
+                                      "admin.listen is not a loopback address"))
 
-    for index, route in enumerate(config.routes):
+    for index, route in zip(indices, config.routes, strict=True):
         where = f"routes[{index}]"
         if route.name in seen:
             issues.append(ConfigIssue(f"{where}.name", f"duplicate route name {route.name!r} "
@@ -532,10 +660,7 @@ def cross_check(config: Config) -> list[ConfigIssue]:
             issues.append(ConfigIssue(f"{where}.path", str(exc)))
             compiled = None
         if route.rewrite is not None and compiled is not None:
-            for name in re.findall(r"\{([^}:]+)(?::path)?\}", route.rewrite):
-                if name not in compiled.params:
-                    issues.append(ConfigIssue(f"{where}.rewrite", f"unknown path parameter "
-                                              f"{{{name}}}{suggest(name, compiled.params)}"))
+            issues.extend(_rewrite_issues(route.rewrite, compiled.params, f"{where}.rewrite"))
         if route.upstream is not None:
             check_upstream_ref(route.upstream, f"{where}.upstream")
         if route.aggregate is not None:
@@ -547,8 +672,9 @@ def cross_check(config: Config) -> list[ConfigIssue]:
                 check_upstream_ref(resolver.upstream,
                                    f"{where}.graphql.resolvers.{key_path([field_name])}.upstream")
         for host in route.hosts or []:
-            if not re.fullmatch(r"(\*\.)?[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:\d+)?", host):
+            # no port: hosts are matched against the Host header without its port
+            if not re.fullmatch(r"(\*\.)?[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?", host):
                 issues.append(ConfigIssue(f"{where}.hosts",
                                           f'expected host names like "api.example.com" or '
-                                          f'"*.example.com", found {host!r}'))
+                                          f'"*.example.com" (without a port), found {host!r}'))
     return issues

@@ -20,8 +20,11 @@ from .errors import BadRequest
 
 PATH_SAFE = "/!$&'()*+,;=:@~"
 _PCT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+# A path that is forwarded as it came: unreserved and sub-delims characters only.
+_PLAIN = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/]*")
 
-# Hop-by-hop headers (RFC 9110 section 7.6.1), never forwarded either way.
+# Hop-by-hop headers (RFC 9110 section 7.6.1), never forwarded either way; so is
+# every other Proxy-* header (PRODUCT.md section 4).
 HOP_BY_HOP = (
     istr("Connection"),
     istr("Keep-Alive"),
@@ -44,8 +47,8 @@ def normalize_path(raw: str) -> tuple[str, str, str]:
         routing, the percent-encoded form forwarded upstream (the very same
         object as ``path`` when the client's path needed no change), and the raw
         query string.
-    :raise BadRequest: invalid percent-encoding, an encoded ``/`` or NUL in a
-        segment, a path that climbs above ``/``, or a target that is not a path.
+    :raise BadRequest: invalid percent-encoding or UTF-8, an encoded ``/`` or NUL
+        in a segment, a path that climbs above ``/``, or a target that is not a path.
     """
     path, _, query = raw.partition("?")
     if "#" in path:
@@ -59,8 +62,14 @@ def normalize_path(raw: str) -> tuple[str, str, str]:
         raise BadRequest("the request target must be an absolute path")
     if "\x00" in path:
         raise BadRequest("NUL byte in path")
-    if "%" not in path and "/." not in path and "//" not in path:
+    if "/." not in path and "//" not in path and _PLAIN.fullmatch(path):
         return path, path, query
+    if not path.isascii():
+        # raw bytes the HTTP parser could not decode arrive as surrogates
+        try:
+            path.encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadRequest("path is not valid UTF-8") from None
     out: list[str] = []
     segments = path.split("/")[1:]
     last = len(segments) - 1
@@ -104,13 +113,16 @@ def check_framing(headers: CIMultiDictProxy[str]) -> None:
         Content-Length values, a Transfer-Encoding other than ``chunked``, or a
         header value that still holds a line break (obs-fold).
     """
+    for value in headers.values():
+        if "\r" in value or "\n" in value:
+            raise BadRequest("line break in a header value (obs-fold)")
     lengths = headers.getall("Content-Length", ())
     if lengths:
         if "Transfer-Encoding" in headers:
             raise BadRequest("both Content-Length and Transfer-Encoding")
         if len(lengths) > 1:
             raise BadRequest("duplicate Content-Length")
-        if not lengths[0].isdigit():
+        if not (lengths[0].isascii() and lengths[0].isdigit()):
             raise BadRequest("invalid Content-Length")
     codings = headers.getall("Transfer-Encoding", ())
     if codings and (len(codings) > 1 or codings[0].strip().lower() != "chunked"):
@@ -184,10 +196,14 @@ def strip_hop_by_hop(headers: CIMultiDict[str], *, keep_upgrade: bool = False) -
             continue
         if name in headers:
             headers.popall(name)
+    proxy = [name for name in headers if name[:6].lower() == "proxy-"]
+    for name in proxy:
+        headers.popall(name, None)
 
 
 def is_hop_by_hop(name: str) -> bool:
-    return name.lower() in _HOP_SET
+    lower = name.lower()
+    return lower in _HOP_SET or lower.startswith("proxy-")
 
 
 def host_of(headers: Mapping[str, Any]) -> str:

@@ -6,6 +6,7 @@ import asyncio
 import json
 import sys
 import types
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -146,7 +147,7 @@ def test_plugin_failure_is_logged_with_its_name(tmp_path):
     script = tmp_path / "run.py"
     script.write_text(
         "import asyncio, sys\n"
-        "sys.path.insert(0, %r)\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent.parent)!r})\n"
         "from pygate.server import configure_logging\n"
         "from pygate.testing import start_gateway, start_fake_upstream\n"
         "from tests.test_plugins import _plugin\n"
@@ -157,7 +158,7 @@ def test_plugin_failure_is_logged_with_its_name(tmp_path):
         " 'plugins': {'fragile': {}}}]}, {'fragile': _plugin('fragile', 1, [], fail=True)})\n"
         "    print(await gw.request('GET', '/'), flush=True)\n"
         "    await gw.close(); await up.close()\n"
-        "asyncio.run(main())\n" % str(__import__("pathlib").Path(__file__).parent.parent)
+        "asyncio.run(main())\n"
     )
     import subprocess
 
