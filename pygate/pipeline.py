@@ -79,15 +79,21 @@ class Pipeline:
             start=time.monotonic(),
         )
         peer = request.remote or ""
+        hops = headers.getall("X-Forwarded-For", None)  # several lines are one list
         ctx.client_ip, forwarded_for, trusted = gw.forwarded.resolve(
-            peer, headers.get("X-Forwarded-For"))
+            peer, ", ".join(hops) if hops else None)
         chain: Chain | None = None
         plan: RoutePlan | None = None
         stream: Streamer | None = None
         response: web.StreamResponse | None = None
+        framing_refused = False
         try:
             if "Content-Length" in headers or "Transfer-Encoding" in headers:
-                check_framing(headers)
+                try:
+                    check_framing(headers)
+                except GatewayError:
+                    framing_refused = True
+                    raise
             path, encoded, query = normalize_path(request.raw_path)
             ctx.path = path
             host = host_of(headers)
@@ -164,6 +170,9 @@ class Pipeline:
                 ctx.error = str(failure)
             ctx.status = response.status
 
+        if framing_refused:
+            # The body's framing is in doubt: never read another request from here.
+            response.force_close()
         await self._send(request, response, stream, ctx)
         if chain is not None and chain.log:
             self._schedule_log(chain, ctx)

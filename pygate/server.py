@@ -29,8 +29,13 @@ from .sanitize import request_id
 
 log = structlog.get_logger("pygate")
 
-MAX_LINE = 8190
+# The two limits differ so that a LineTooLong (which carries its limit) tells
+# an overlong request line (400) from an overlong header field (431).
+MAX_LINE = 8192
 MAX_FIELD = 8190
+DRAIN_POLL = 0.02
+# After the drain: how long aiohttp may still wait (twice) before cancelling handlers.
+CUT_GRACE = 0.1
 
 
 class _Protocol(RequestHandler):
@@ -45,7 +50,7 @@ class _Protocol(RequestHandler):
     ) -> web.StreamResponse:
         if request.writer.output_size > 0:
             raise ConnectionError("response already started")
-        if isinstance(exc, LineTooLong) and "header" in str(exc).lower():
+        if isinstance(exc, LineTooLong) and exc.args[1:2] == (MAX_FIELD,):
             status = 431
         elif isinstance(exc, BadHttpMessage) and "too many headers" in str(exc).lower():
             status = 431
@@ -71,8 +76,10 @@ class GatewayServer(web.Server):
         return _Protocol(self, loop=self._loop, **self._kwargs)
 
 
-def make_server(handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
-                ) -> GatewayServer:
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+
+
+def make_server(handler: Handler) -> GatewayServer:
     return GatewayServer(
         handler,
         access_log=None,
@@ -82,16 +89,34 @@ def make_server(handler: Callable[[web.BaseRequest], Awaitable[web.StreamRespons
     )
 
 
+class InFlight:
+    """Counts the requests being handled, so that a drain knows when they are done."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def track(self, handler: Handler) -> Handler:
+        async def tracked(request: web.BaseRequest) -> web.StreamResponse:
+            self.count += 1
+            try:
+                return await handler(request)
+            finally:
+                self.count -= 1
+
+        return tracked
+
+
 class Running:
     """A started gateway: the runner, its bound address, and how to stop it."""
 
     def __init__(self, gateway: Gateway, runner: web.ServerRunner, site: web.BaseSite,
-                 host: str, port: int) -> None:
+                 host: str, port: int, in_flight: InFlight | None = None) -> None:
         self.gateway = gateway
         self.runner = runner
         self.site = site
         self.host = host
         self.port = port
+        self.in_flight = in_flight or InFlight()
 
     @property
     def url(self) -> str:
@@ -99,8 +124,30 @@ class Running:
         return f"http://{host}:{self.port}"
 
     async def stop(self) -> None:
+        """Drain (up to ``gateway.drain_timeout``), close what is left, stop the gateway."""
+        await self.drain(self.gateway.config.gateway.drain_timeout)
         await self.runner.cleanup()
         await self.gateway.stop()
+
+    async def drain(self, within: float) -> None:
+        """Stop accepting, then wait up to ``within`` seconds for in-flight requests.
+
+        Idle keep-alive connections are closed at once; busy ones close when
+        their request is done. Whatever is still running afterwards is cut by
+        ``runner.cleanup()`` within :data:`CUT_GRACE`.
+        """
+        for site in list(self.runner.sites):
+            await site.stop()
+        server = self.runner.server
+        if server is None:
+            return
+        await asyncio.sleep(0)  # let connections accepted just now start their request
+        server.pre_shutdown()
+        steps = max(1, round(within / DRAIN_POLL))
+        for _ in range(steps):
+            if not self.in_flight.count:
+                return
+            await asyncio.sleep(DRAIN_POLL)
 
 
 async def start(gateway: Gateway, host: str, port: int, *,
@@ -109,9 +156,9 @@ async def start(gateway: Gateway, host: str, port: int, *,
     await gateway.start()
     try:
         pipeline = Pipeline(gateway)
-        server = make_server(pipeline.handle)
-        runner = web.ServerRunner(server, handle_signals=False,
-                                  shutdown_timeout=gateway.config.gateway.drain_timeout)
+        in_flight = InFlight()
+        server = make_server(in_flight.track(pipeline.handle))
+        runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=CUT_GRACE)
         await runner.setup()
         site: web.BaseSite
         if sock is not None:
@@ -127,7 +174,7 @@ async def start(gateway: Gateway, host: str, port: int, *,
     if server_obj is not None and server_obj.sockets:
         address = server_obj.sockets[0].getsockname()
         bound_host, bound_port = address[0], address[1]
-    return Running(gateway, runner, site, bound_host, bound_port)
+    return Running(gateway, runner, site, bound_host, bound_port, in_flight)
 
 
 async def serve_forever(gateway: Gateway, host: str, port: int, *,

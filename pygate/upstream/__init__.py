@@ -36,6 +36,9 @@ class Upstream:
 
     def __init__(self, name: str, config: UpstreamConfig) -> None:
         self.name = name
+        # How errors name this upstream to clients: a route's inline URL is an
+        # internal address, so it is never shown.
+        self.label = "the upstream" if "://" in name else f"upstream {name!r}"
         self.config = config
         self.targets = [Target(URL(t.url), t.weight) for t in config.targets]
         self.session: aiohttp.ClientSession | None = None
@@ -80,4 +83,4 @@ class Upstream:
                 target = targets[next(self._rr)]
                 if target.healthy and target not in exclude:
                     return target
-        raise ServiceUnavailable(f"no healthy target in upstream {self.name!r}")
+        raise ServiceUnavailable(f"no healthy target in {self.label}")

@@ -96,16 +96,16 @@ async def exchange(
     except GatewayError:
         raise
     except TimeoutError:
-        raise GatewayTimeout(f"upstream {upstream.name!r} did not answer in time") from None
+        raise GatewayTimeout(f"{upstream.label} did not answer in time") from None
     except aiohttp.ClientConnectorError:
-        raise BadGateway(f"upstream {upstream.name!r} refused the connection") from None
+        raise BadGateway(f"{upstream.label} refused the connection") from None
     except aiohttp.ClientError as exc:
         if body is not None and body.exceeded:
             raise PayloadTooLarge("request body exceeds the gateway's max_body") from None
         cause = exc.__cause__
         if isinstance(cause, GatewayError):
             raise cause from None
-        raise BadGateway(f"upstream {upstream.name!r} failed: {_reason(exc)}") from None
+        raise BadGateway(f"{upstream.label} failed: {_reason(exc)}") from None
     finally:
         target.active -= 1
 
