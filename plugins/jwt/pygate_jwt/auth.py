@@ -1,0 +1,110 @@
+"""One request: find the token, verify it (or find it in the cache), give the identity.
+
+Refusals follow RFC 6750: a missing token gets ``WWW-Authenticate: Bearer
+realm="pygate"`` with no error code; a bad one gets ``Bearer
+error="invalid_token", error_description="..."``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
+from typing import Any
+
+from aiohttp import web
+
+from pygate import Identity, ServiceUnavailable, Unauthorized
+
+from .config import JwtConfig
+from .jwks import JwksCache
+from .verify import (
+    InvalidToken,
+    Verified,
+    accepted_algorithm,
+    decode,
+    decode_with_any,
+    expiry,
+    identity_from,
+    unverified_header,
+)
+
+STATE_CLAIMS = "jwt.claims"  # ctx.state key holding the verified claims
+
+
+def extract_token(request: web.BaseRequest, sources: Sequence[str]) -> str | None:
+    """The token from the first configured source that carries one.
+
+    ``header:Authorization`` takes the ``Bearer`` scheme only (another scheme
+    counts as no token, for another plugin to handle); other headers may carry
+    the bare token or ``Bearer TOKEN``.
+    """
+    for source in sources:
+        kind, _, name = source.partition(":")
+        value: str | None
+        if kind == "header":
+            value = request.headers.get(name)
+            if value is not None:
+                scheme, _, rest = value.strip().partition(" ")
+                if scheme.lower() == "bearer":
+                    value = rest
+                elif name.lower() == "authorization":
+                    value = None
+        elif kind == "cookie":
+            value = request.cookies.get(name)
+        else:
+            value = request.query.get(name)
+        if value is not None and value.strip():
+            return value.strip()
+    return None
+
+
+def missing_token() -> Unauthorized:
+    return Unauthorized("a bearer token is required",
+                        headers={"WWW-Authenticate": 'Bearer realm="pygate"'})
+
+
+def invalid_token(description: str) -> Unauthorized:
+    safe = description.replace("\\", "").replace('"', "'")
+    return Unauthorized(description, headers={
+        "WWW-Authenticate": f'Bearer error="invalid_token", error_description="{safe}"'})
+
+
+async def verify(token: str, config: JwtConfig) -> Verified:
+    """All checks for one token; raises :class:`InvalidToken` naming the failed one."""
+    header = unverified_header(token)
+    algorithm = accepted_algorithm(header, config.algorithms)
+    key = config.static_key
+    if key is not None:
+        claims = decode(token, key, algorithm, config)
+    else:
+        jwks: JwksCache | None = config.jwks
+        if jwks is None:
+            raise ServiceUnavailable("jwt: the key set is not loaded (the gateway did not "
+                                     "run the plugin's startup)")
+        kid = header.get("kid")
+        keys = await jwks.keys_for(kid if isinstance(kid, str) else None, algorithm)
+        claims = decode_with_any(token, [jwk.key for jwk in keys], algorithm, config)
+    return Verified(identity=identity_from(claims, config.claims),
+                    claims=MappingProxyType(claims),
+                    expires=expiry(claims))
+
+
+async def authenticate(request: web.BaseRequest, config: JwtConfig,
+                       state: dict[str, Any]) -> Identity | None:
+    """The caller's identity, ``None`` for an anonymous request when ``optional``."""
+    token = extract_token(request, config.token_from)
+    if token is None:
+        if config.optional:
+            return None
+        raise missing_token()
+    cache = config.token_cache
+    verified = cache.get(token)
+    if verified is None:
+        try:
+            verified = await verify(token, config)
+        except InvalidToken as error:
+            raise invalid_token(error.description) from None
+        cache.put(token, verified)
+    claims: Mapping[str, Any] = verified.claims
+    state[STATE_CLAIMS] = claims
+    return verified.identity

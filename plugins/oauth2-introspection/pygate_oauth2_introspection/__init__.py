@@ -1,0 +1,42 @@
+"""oauth2-introspection: authenticate bearer tokens by asking the identity provider.
+
+Each token is POSTed to the RFC 7662 ``introspection_url`` with the gateway's
+client credentials (HTTP Basic). An active result gives ``Identity(id=sub,
+roles=scope..., source="oauth2-introspection")`` and is cached until the
+token's ``exp`` or for ``ttl``, whichever comes first; an inactive token gets
+401; an identity provider that is down, slow or answers other than 200 gets
+503 (never 401: the token may well be valid) and a log line naming the plugin.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel
+
+from pygate import Context, Identity, hookimpl
+
+from .auth import authenticate as authenticate_request
+from .config import IntrospectionConfig
+from .introspect import attach
+
+PRIORITY = 1700
+
+
+@hookimpl
+def config_schema() -> type[BaseModel]:
+    return IntrospectionConfig
+
+
+@hookimpl
+def startup(app: Any, config: IntrospectionConfig | None) -> None:
+    attach(app, config)
+
+
+@hookimpl
+async def authenticate(request: web.BaseRequest, ctx: Context) -> Identity | None:
+    return await authenticate_request(request, ctx.config, ctx.state, ctx.request_id)
+
+
+__all__ = ["PRIORITY", "IntrospectionConfig", "authenticate", "config_schema", "startup"]
