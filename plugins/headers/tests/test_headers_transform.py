@@ -1,0 +1,53 @@
+"""headers' pure edits: order of remove/rename/add, identity header values."""
+
+from __future__ import annotations
+
+from multidict import CIMultiDict
+from pygate_headers.config import Edits, HeadersConfig, ResponseEdits
+from pygate_headers.transform import apply, header_value, set_identity
+
+from pygate import Identity
+
+
+def test_remove_then_rename_then_add() -> None:
+    headers = CIMultiDict([("X-A", "1"), ("X-A", "2"), ("X-B", "b"), ("X-C", "c")])
+    apply(headers, Edits(remove=["x-c"], rename={"X-A": "X-C", "X-Missing": "X-B"},
+                         add={"X-A": "new", "X-D": "d"}))
+    assert list(headers.items()) == [("X-B", "b"), ("X-C", "1"), ("X-C", "2"), ("X-A", "new"),
+                                     ("X-D", "d")]
+
+
+def test_rename_replaces_the_target() -> None:
+    headers = CIMultiDict([("X-Old", "o"), ("X-New", "n1"), ("X-New", "n2")])
+    apply(headers, Edits(rename={"X-Old": "X-New"}))
+    assert list(headers.items()) == [("X-New", "o")]
+
+
+def test_defaults() -> None:
+    config = HeadersConfig()
+    assert config.identity == {"X-User-Id": "id", "X-User-Role": "roles"}
+    assert config.request == Edits()
+    assert config.response.remove == ["Server", "X-Powered-By"]
+    assert ResponseEdits(add={"X": "y"}).remove == ["Server", "X-Powered-By"]
+
+
+def test_header_values() -> None:
+    assert header_value(None) is None
+    assert header_value([]) is None
+    assert header_value(["a", "b"]) == "a,b"
+    assert header_value(("a", None, "", 3)) == "a,3"
+    assert header_value(True) == "true"
+    assert header_value(42) == "42"
+    assert header_value({"k": "v"}) == '{"k":"v"}'
+    assert header_value("evil\r\nX-Injected: 1") == "evilX-Injected: 1"
+    assert header_value(" \n ") is None
+
+
+def test_set_identity_strips_every_copy() -> None:
+    mapping = {"X-User-Id": "id", "X-User-Role": "roles"}
+    headers = CIMultiDict([("x-user-id", "a"), ("X-USER-ID", "b"), ("X-User-Role", "r")])
+    set_identity(headers, mapping, None)
+    assert not headers
+    headers = CIMultiDict([("x-user-id", "a"), ("X-User-Role", "r")])
+    set_identity(headers, mapping, Identity(id="u", roles=("x", "y")))
+    assert list(headers.items()) == [("X-User-Id", "u"), ("X-User-Role", "x,y")]
