@@ -10,7 +10,7 @@ bound (plugin loading, plugin config validation, route compilation), raising a
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +51,8 @@ class Gateway:
         self.timeout = config.gateway.timeout
         self.state: dict[str, Any] = {}
         self.client: aiohttp.ClientSession | None = None
+        # Called when a drain starts (SIGTERM): long-lived exchanges close politely.
+        self.on_drain: list[Callable[[], Awaitable[None]]] = []
         self._started: list[str] = []
 
     async def start(self) -> None:
@@ -90,6 +92,28 @@ class Gateway:
         plan: RoutePlan = route.payload
         return plan
 
+    def plugin_configs(self, name: str) -> list[Any]:
+        """Every distinct effective config of plugin ``name`` (global table and routes).
+
+        For ``startup`` hooks that prepare per-config state (a JWKS cache, a pool
+        per backend URL) before the first request.
+        """
+        found: dict[int, Any] = {}
+        chains = [self.global_chain, *(self.plan(r).chain for r in self.router.routes)]
+        for chain in chains:
+            config = chain.configs.get(name)
+            if name in chain.configs and id(config) not in found:
+                found[id(config)] = config
+        return list(found.values())
+
+    async def drain(self) -> None:
+        """Run the ``on_drain`` callbacks (close WebSockets with 1001...) when draining."""
+        for callback in list(self.on_drain):
+            try:
+                await callback()
+            except Exception:
+                log.exception("drain callback failed")
+
 
 def _pick(argnames: tuple[str, ...], **available: Any) -> dict[str, Any]:
     return {name: available[name] for name in argnames if name in available}
@@ -99,7 +123,7 @@ def build_gateway(config: Config, extra_plugins: Mapping[str, Any] | None = None
     """Compile a validated configuration; raise ConfigError listing every problem."""
     names = enabled_plugins(config)
     plugins, issues = load_plugins(names, extra_plugins)
-    builder = ChainBuilder(plugins)
+    builder = ChainBuilder(plugins, base_dir=config.base_dir, source=config.source)
 
     global_where = {name: f"plugins.{name}" for name in config.plugins}
     global_chain = builder.build(

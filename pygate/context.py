@@ -50,11 +50,18 @@ class Context:
     ``config`` is set by the chain runner to the effective config of the plugin
     being called, so a hook always reads its own settings from ``ctx.config``.
     ``state`` is a free dict for plugins to pass data between their own hooks.
+    ``app`` is the running :class:`pygate.app.Gateway`: ``ctx.app.state`` holds
+    plugin-owned objects, ``ctx.app.client`` is the shared HTTP client session.
+    A plugin that needs the response body (a cache) sets ``capture_body`` to a
+    byte limit in ``admit``; proxied responses up to that size then reach
+    ``post_response`` whole, as a ``web.Response`` whose ``body`` is bytes.
     """
 
     __slots__ = (
+        "app",
         "bytes_in",
         "bytes_out",
+        "capture_body",
         "client_ip",
         "config",
         "error",
@@ -94,6 +101,11 @@ class Context:
         self.bytes_in = 0
         self.bytes_out = 0
         self.error: str | None = None
+        # The running Gateway (``ctx.app.state``, ``ctx.app.client``) for plugins.
+        self.app: Any = None
+        # Set by a plugin (before the upstream call) to receive bodies up to this many
+        # bytes whole in post_response, as a ``web.Response`` with ``.body`` (cache).
+        self.capture_body = 0
 
 
 class UpstreamRequest:

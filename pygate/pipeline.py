@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -43,7 +42,7 @@ class PluginFailure(Exception):
         self.hook = hook
 
 
-async def _call(step: Step, hook: str, args: tuple[Any, ...], ctx: Context) -> Any:
+async def call_step(step: Step, hook: str, args: tuple[Any, ...], ctx: Context) -> Any:
     """Call one hook implementation with the plugin's config in ``ctx.config``."""
     ctx.config = step.config
     try:
@@ -61,14 +60,46 @@ async def _call(step: Step, hook: str, args: tuple[Any, ...], ctx: Context) -> A
         raise PluginFailure(step.plugin, hook) from exc
 
 
+async def first_response(steps: tuple[Step, ...], hook: str, request: web.BaseRequest,
+                         ctx: Context) -> web.StreamResponse | None:
+    """Run ``pre_route``/``admit`` implementations until one answers."""
+    for step in steps:
+        response = await call_step(step, hook, (request, ctx), ctx)
+        if response is not None:
+            return response
+    return None
+
+
+async def transform(chain: Chain, request: web.BaseRequest, ctx: Context,
+                    upstream_request: UpstreamRequest) -> None:
+    """Run every ``transform_request`` implementation (for each upstream call)."""
+    for step in chain.transform_request:
+        await call_step(step, "transform_request", (request, ctx, upstream_request), ctx)
+
+
 class Pipeline:
     """Binds a :class:`Gateway` to the aiohttp low-level server's handler."""
 
     def __init__(self, gateway: Gateway) -> None:
         self.gw = gateway
+        self.in_flight = 0  # requests being handled, for the drain
         self._log_tasks: set[asyncio.Task[None]] = set()
 
+    @property
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        loop = self.__dict__.get("loop")
+        if loop is None:
+            loop = self.__dict__["loop"] = asyncio.get_running_loop()
+        return loop
+
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        self.in_flight += 1
+        try:
+            return await self._handle(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         gw = self.gw
         headers = request.headers
         ctx = Context(
@@ -78,21 +109,20 @@ class Pipeline:
             path=request.raw_path,
             start=time.monotonic(),
         )
-        peer = request.remote or ""
+        ctx.app = gw
         hops = headers.getall("X-Forwarded-For", None)  # several lines are one list
         ctx.client_ip, forwarded_for, trusted = gw.forwarded.resolve(
-            peer, ", ".join(hops) if hops else None)
+            request.remote or "", ", ".join(hops) if hops else None)
         chain: Chain | None = None
-        plan: RoutePlan | None = None
         stream: Streamer | None = None
         response: web.StreamResponse | None = None
-        framing_refused = False
+        close = False
         try:
             if "Content-Length" in headers or "Transfer-Encoding" in headers:
                 try:
                     check_framing(headers)
                 except GatewayError:
-                    framing_refused = True
+                    close = True  # the body's framing is in doubt: read nothing more
                     raise
             path, encoded, query = normalize_path(request.raw_path)
             ctx.path = path
@@ -100,14 +130,12 @@ class Pipeline:
             match = gw.router.match(request.method, path, host, headers)
             route = match.route
             if route is None:
+                # pre_route still runs (CORS preflight on a GET-only route), then 404/405
                 tentative = gw.router.lookup(path, host, headers)
                 chain = tentative.payload.chain if tentative is not None else gw.global_chain
                 if tentative is not None:
                     ctx.route = RouteInfo(tentative.name, {})
-                for step in chain.pre_route:
-                    response = await _call(step, "pre_route", (request, ctx), ctx)
-                    if response is not None:
-                        break
+                response = await first_response(chain.pre_route, "pre_route", request, ctx)
                 if response is None:
                     if match.allowed:
                         raise MethodNotAllowed(
@@ -115,63 +143,63 @@ class Pipeline:
                             headers={"Allow": ", ".join(sorted(match.allowed))})
                     raise NotFound("no route matches this request")
             else:
-                plan = route.payload
+                plan: RoutePlan = route.payload
                 chain = plan.chain
                 ctx.route = RouteInfo(route.name, match.params)
-                for step in chain.pre_route:
-                    response = await _call(step, "pre_route", (request, ctx), ctx)
-                    if response is not None:
-                        break
+                if chain.pre_route:
+                    response = await first_response(chain.pre_route, "pre_route", request, ctx)
                 if response is None and chain.authenticate:
                     for step in chain.authenticate:
-                        identity = await _call(step, "authenticate", (request, ctx), ctx)
+                        identity = await call_step(step, "authenticate", (request, ctx), ctx)
                         if identity is not None:
                             ctx.identity = identity
                             break
+                if response is None and chain.admit:
+                    response = await first_response(chain.admit, "admit", request, ctx)
                 if response is None:
-                    for step in chain.admit:
-                        response = await _call(step, "admit", (request, ctx), ctx)
-                        if response is not None:
-                            break
-                if response is None:
-                    response, stream = await self.proxy(
-                        request, ctx, plan, route.upstream_path(path, encoded, match.params),
-                        query, forwarded_for, trusted)
+                    if plan.upstream is not None:
+                        response, stream = await self.proxy(
+                            request, ctx, plan, route.upstream_path(path, encoded, match.params),
+                            query, forwarded_for, trusted)
+                    else:
+                        response = await self.compose(request, ctx, plan, query, forwarded_for,
+                                                      trusted)
         except GatewayError as error:
             response = from_error(error, request_id=ctx.request_id,
                                   route=ctx.route.name if ctx.route else None)
             ctx.error = error.detail
-            stream = None
+            close = close or error.status == 413  # do not drain a refused body
         except PluginFailure as failure:
             response = self._internal_error(ctx)
             ctx.error = str(failure)
-            stream = None
         except Exception as exc:
             log.error("unhandled error", request_id=ctx.request_id, exc_info=exc)
             response = self._internal_error(ctx)
-            ctx.error = f"{type(exc).__name__}"
-            stream = None
+            ctx.error = type(exc).__name__
 
         assert response is not None
-        if "X-Request-ID" not in response.headers:
-            response.headers["X-Request-ID"] = ctx.request_id
+        if stream is None or not isinstance(response, web.StreamResponse):
+            stream = None
+        response_headers = response.headers
+        if "X-Request-ID" not in response_headers:
+            response_headers["X-Request-ID"] = ctx.request_id
         ctx.status = response.status
         if chain is not None and chain.post_response:
             try:
                 for step in chain.post_response:
-                    await _call(step, "post_response", (request, ctx, response), ctx)
-            except GatewayError as error:
+                    await call_step(step, "post_response", (request, ctx, response), ctx)
+            except (GatewayError, PluginFailure) as failure:
                 stream = None
-                response = from_error(error, request_id=ctx.request_id,
-                                      route=ctx.route.name if ctx.route else None)
-            except PluginFailure as failure:
-                stream = None
-                response = self._internal_error(ctx)
-                ctx.error = str(failure)
+                if isinstance(failure, GatewayError):
+                    response = from_error(failure, request_id=ctx.request_id,
+                                          route=ctx.route.name if ctx.route else None)
+                else:
+                    response = self._internal_error(ctx)
+                    ctx.error = str(failure)
             ctx.status = response.status
-
-        if framing_refused:
-            # The body's framing is in doubt: never read another request from here.
+        # Never let the server library announce itself (a plugin may remove upstream's).
+        response.headers.setdefault("Server", "pygate")
+        if close:
             response.force_close()
         await self._send(request, response, stream, ctx)
         if chain is not None and chain.log:
@@ -200,10 +228,10 @@ class Pipeline:
     async def proxy(self, request: web.BaseRequest, ctx: Context, plan: RoutePlan,
                     path: str, query: str, forwarded_for: str, trusted: bool
                     ) -> tuple[web.StreamResponse, Streamer | None]:
+        """Forward the request to the route's upstream; stream the answer back."""
         gw = self.gw
         upstream = plan.upstream
-        if upstream is None:
-            raise NotFound("this route kind is not available yet")
+        assert upstream is not None
         ctx.upstream = upstream.name
         upstream_request = UpstreamRequest(
             method=request.method,
@@ -213,17 +241,21 @@ class Pipeline:
                                      preserve_host=plan.preserve_host),
             upstream=upstream.name,
         )
-        for step in plan.chain.transform_request:
-            await _call(step, "transform_request", (request, ctx, upstream_request), ctx)
+        if plan.chain.transform_request:
+            await transform(plan.chain, request, ctx, upstream_request)
         length = request.content_length
         if length is not None and length > gw.max_body:
             raise PayloadTooLarge("request body exceeds the gateway's max_body")
-        if request.headers.get("Expect", "").lower() == "100-continue":
-            request.writer.buffer_size = 0
+        if "Expect" in request.headers and request.headers["Expect"].lower() == "100-continue":
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        deadline = asyncio.get_running_loop().time() + gw.timeout
+        deadline = self._loop.time() + gw.timeout
         return await exchange(request, ctx, upstream, upstream_request,
                               max_body=gw.max_body, deadline=deadline)
+
+    async def compose(self, request: web.BaseRequest, ctx: Context, plan: RoutePlan,
+                      query: str, forwarded_for: str, trusted: bool) -> web.StreamResponse:
+        """Aggregate and GraphQL routes: the response is built by the gateway."""
+        raise NotFound("this kind of route is not served by this version of pygate")
 
     def _schedule_log(self, chain: Chain, ctx: Context) -> None:
         record = access_record(ctx)
@@ -237,18 +269,19 @@ def outgoing_headers(request: web.BaseRequest, ctx: Context, forwarded_for: str,
     """The client's headers minus hop-by-hop ones, plus X-Forwarded-* and X-Request-ID."""
     headers = CIMultiDict(request.headers)
     strip_hop_by_hop(headers)
-    headers.popall("Expect", None)
+    if "Expect" in headers:
+        headers.popall("Expect")
     host = headers.get("Host", "")
-    if not preserve_host:
-        headers.popall("Host", None)
+    if not preserve_host and host:
+        del headers["Host"]
     headers["X-Forwarded-For"] = forwarded_for
     if not (trusted and "X-Forwarded-Proto" in headers):
         headers["X-Forwarded-Proto"] = "https" if request.secure else "http"
     if not (trusted and "X-Forwarded-Host" in headers):
         if host:
             headers["X-Forwarded-Host"] = host
-        else:
-            headers.popall("X-Forwarded-Host", None)
+        elif "X-Forwarded-Host" in headers:
+            headers.popall("X-Forwarded-Host")
     headers["X-Request-ID"] = ctx.request_id
     return headers
 
@@ -276,9 +309,6 @@ def access_record(ctx: Context) -> dict[str, Any]:
 async def run_log_hooks(chain: Chain, ctx: Context, record: dict[str, Any]) -> None:
     for step in chain.log:
         try:
-            await _call(step, "log", (ctx, record), ctx)
-        except Exception:  # logged by _call; a log hook never fails a request
+            await call_step(step, "log", (ctx, record), ctx)
+        except Exception:  # logged by call_step; a log hook never fails a request
             pass
-
-
-Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]

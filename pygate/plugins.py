@@ -11,6 +11,7 @@ path calls functions directly with no registry look-ups.
 from __future__ import annotations
 
 import inspect
+import json
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -228,23 +229,41 @@ def route_settings(config: Config, route_plugins: Mapping[str, Any]) -> dict[str
 
 
 class ChainBuilder:
-    """Validates plugin settings and compiles chains; reuses identical configs."""
+    """Validates plugin settings and compiles chains.
 
-    def __init__(self, plugins: PluginSet) -> None:
+    Identical effective settings of one plugin (the global table on every route
+    that does not override it) are validated once and share one config object,
+    so a plugin that derives state from its config (parsed keys, a key index)
+    builds it once per distinct config.
+
+    Schemas are validated with the context ``{"base_dir": ..., "source": ...}``
+    (read it in a validator through ``info.context``) so that plugins resolve
+    relative file paths against the configuration file's folder.
+    """
+
+    def __init__(self, plugins: PluginSet, *, base_dir: str = ".",
+                 source: str = "<config>") -> None:
         self.plugins = plugins
         self.issues: list[ConfigIssue] = []
+        self.context = {"base_dir": base_dir, "source": source}
+        self._seen: dict[tuple[str, str], Any] = {}
 
     def validate(self, name: str, raw: dict[str, Any], where: str) -> Any:
         info = self.plugins.info[name]
         if info.schema is None:
             return raw
+        key = (name, json.dumps(raw, sort_keys=True, default=str))
+        if key in self._seen:
+            return self._seen[key]
         try:
-            return info.schema.model_validate(raw)
+            config = info.schema.model_validate(raw, context=self.context)
         except ValidationError as exc:
             for issue in validation_issues(exc, info.schema):
                 path = f"{where}.{issue.path}" if issue.path else where
                 self.issues.append(ConfigIssue(path, issue.message))
-            return None
+            config = None
+        self._seen[key] = config
+        return config
 
     def build(self, settings: Mapping[str, dict[str, Any]], where: Mapping[str, str]) -> Chain:
         """A chain for one route from its merged settings; ``where`` gives key paths."""

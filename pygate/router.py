@@ -111,10 +111,10 @@ class Route:
     host_match: Callable[[str], bool] | None
     headers: tuple[tuple[str, str], ...]
     payload: Any = None
+    name: str = ""
 
-    @property
-    def name(self) -> str:
-        return self.config.name
+    def __post_init__(self) -> None:
+        self.name = self.config.name
 
     @property
     def constraints(self) -> int:

@@ -8,6 +8,7 @@ strings and header mappings, so they are property-tested without a server.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import re
 import uuid
 from collections.abc import Mapping, Sequence
@@ -129,11 +130,20 @@ def check_framing(headers: CIMultiDictProxy[str]) -> None:
         raise BadRequest("unsupported Transfer-Encoding")
 
 
+_ID_PREFIX = uuid.uuid4().hex[:16]
+_ID_COUNTER = itertools.count(1)
+
+
+def new_request_id() -> str:
+    """A new request ID: a random per-process prefix and a counter (unique, no syscall)."""
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
+
+
 def request_id(value: str | None) -> str:
     """The client's X-Request-ID when it is 1-128 printable ASCII without spaces, else new."""
     if value is not None and _REQUEST_ID.fullmatch(value):
         return value
-    return uuid.uuid4().hex
+    return new_request_id()
 
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network

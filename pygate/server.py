@@ -89,34 +89,17 @@ def make_server(handler: Handler) -> GatewayServer:
     )
 
 
-class InFlight:
-    """Counts the requests being handled, so that a drain knows when they are done."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def track(self, handler: Handler) -> Handler:
-        async def tracked(request: web.BaseRequest) -> web.StreamResponse:
-            self.count += 1
-            try:
-                return await handler(request)
-            finally:
-                self.count -= 1
-
-        return tracked
-
-
 class Running:
     """A started gateway: the runner, its bound address, and how to stop it."""
 
     def __init__(self, gateway: Gateway, runner: web.ServerRunner, site: web.BaseSite,
-                 host: str, port: int, in_flight: InFlight | None = None) -> None:
+                 host: str, port: int, pipeline: Pipeline | None = None) -> None:
         self.gateway = gateway
         self.runner = runner
         self.site = site
         self.host = host
         self.port = port
-        self.in_flight = in_flight or InFlight()
+        self.pipeline = pipeline or Pipeline(gateway)
 
     @property
     def url(self) -> str:
@@ -143,9 +126,10 @@ class Running:
             return
         await asyncio.sleep(0)  # let connections accepted just now start their request
         server.pre_shutdown()
+        await self.gateway.drain()
         steps = max(1, round(within / DRAIN_POLL))
         for _ in range(steps):
-            if not self.in_flight.count:
+            if not self.pipeline.in_flight:
                 return
             await asyncio.sleep(DRAIN_POLL)
 
@@ -156,8 +140,7 @@ async def start(gateway: Gateway, host: str, port: int, *,
     await gateway.start()
     try:
         pipeline = Pipeline(gateway)
-        in_flight = InFlight()
-        server = make_server(in_flight.track(pipeline.handle))
+        server = make_server(pipeline.handle)
         runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=CUT_GRACE)
         await runner.setup()
         site: web.BaseSite
@@ -174,7 +157,7 @@ async def start(gateway: Gateway, host: str, port: int, *,
     if server_obj is not None and server_obj.sockets:
         address = server_obj.sockets[0].getsockname()
         bound_host, bound_port = address[0], address[1]
-    return Running(gateway, runner, site, bound_host, bound_port, in_flight)
+    return Running(gateway, runner, site, bound_host, bound_port, pipeline)
 
 
 async def serve_forever(gateway: Gateway, host: str, port: int, *,

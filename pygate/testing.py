@@ -36,6 +36,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from multidict import CIMultiDictProxy
 
 from .app import build_gateway
 from .config import load_data
@@ -50,8 +51,8 @@ class Recorded:
 
     method: str
     path: str
-    query: str
-    headers: Mapping[str, str]
+    query: str  # the raw query string, as sent
+    headers: CIMultiDictProxy[str]  # every header line, repeated ones included
     body: bytes
 
 
@@ -89,8 +90,8 @@ async def start_fake_upstream(handler: Handler | None = None,
     @web.middleware
     async def record(request: web.Request, handler: Handler) -> web.StreamResponse:
         body = await request.read()
-        recorded.append(Recorded(request.method, request.raw_path.partition("?")[0],
-                                 request.query_string, dict(request.headers), body))
+        path, _, query = request.raw_path.partition("?")
+        recorded.append(Recorded(request.method, path, query, request.headers, body))
         return await handler(request)
 
     app = web.Application(middlewares=[record])

@@ -35,10 +35,6 @@ def transform_request(ctx: Context, upstream_request: UpstreamRequest) -> None:
 def post_response(ctx: Context, response: web.StreamResponse) -> None:
     config: HeadersConfig = ctx.config
     apply(response.headers, config.response)
-    if "Server" not in response.headers:
-        # aiohttp writes its own "Server: Python/x aiohttp/y" when none is set; say only
-        # what the gateway's own problem documents say.
-        response.headers["Server"] = "pygate"
 
 
 __all__ = ["PRIORITY", "HeadersConfig", "config_schema", "post_response", "transform_request"]
