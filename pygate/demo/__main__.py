@@ -14,6 +14,7 @@ import sys
 from aiohttp import web
 
 from pygate.demo.services import DEFAULT_PORTS, SERVICES, make_app
+from pygate.demo.token import demo_token
 
 SHUTDOWN_TIMEOUT = 2.0
 """Seconds in-flight requests (a long ``/slow``, an ``/sse`` stream) get at shutdown."""
@@ -33,6 +34,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             metavar="PORT",
             help=f"port of the {name} service [{DEFAULT_PORTS[name]}]",
         )
+    parser.add_argument("--token", action="store_true",
+                        help="print a demo JWT (user 1, role admin, valid 24 h) and exit")
     return parser.parse_args(argv)
 
 
@@ -53,6 +56,10 @@ async def serve(host: str, ports: dict[str, int]) -> None:
             runners.append(runner)
             await web.TCPSite(runner, host, ports[name]).start()
             print(f"demo {name} service listening on http://{host}:{ports[name]}", flush=True)
+        try:
+            print(f"demo token (user 1, role admin, 24 h): {demo_token()}", flush=True)
+        except ImportError:
+            print("demo token: install plugins/jwt to get one", flush=True)
         await stop.wait()
     finally:
         for runner in reversed(runners):
@@ -63,6 +70,9 @@ async def serve(host: str, ports: dict[str, int]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.token:
+        print(demo_token())
+        return 0
     ports = {name: getattr(args, f"{name}_port") for name in SERVICES}
     try:
         asyncio.run(serve(args.host, ports))

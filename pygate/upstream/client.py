@@ -1,0 +1,517 @@
+"""A lean HTTP/1.1 client for upstream calls: keep-alive pools, streaming both ways.
+
+The proxy path does the same small thing for every request: write a request head
+(and maybe a body) on a pooled connection, read a response head, stream the body
+back. aiohttp's general-purpose ``ClientSession`` spends most of a proxied
+request's CPU time on features a gateway does not use there (cookie jars,
+redirects, auto headers, tracing, per-request timers), so upstream HTTP calls
+go through this client instead: one ``asyncio.Protocol`` per connection with
+llhttp (through ``httptools``) parsing responses, flow control in both
+directions, and a bounded pool per target. WebSockets and plugins keep using
+aiohttp's client.
+
+Errors are :class:`UpstreamError` subclasses, mapped to 502/504 by
+:mod:`pygate.upstream.forward`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ssl
+import time
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+import httptools
+from multidict import CIMultiDict
+
+HIGH_WATER = 256 * 1024  # buffered response bytes before reading from the upstream pauses
+
+
+class UpstreamError(Exception):
+    """An upstream call failed; ``reason`` is safe to show to clients."""
+
+    reason = "failed"
+
+
+class ConnectError(UpstreamError):
+    reason = "refused the connection"
+
+
+class ConnectTimeout(UpstreamError, TimeoutError):
+    reason = "did not accept the connection in time"
+
+
+class ReadTimeout(UpstreamError, TimeoutError):
+    reason = "did not answer in time"
+
+
+class Disconnected(UpstreamError):
+    reason = "closed the connection without a complete response"
+
+
+class ProtocolError(UpstreamError):
+    reason = "sent a malformed response"
+
+
+class UpstreamResponse:
+    """A response whose head has arrived; the body is read with :meth:`read` or ``async for``."""
+
+    __slots__ = (
+        "_chunks",
+        "_conn",
+        "_done",
+        "_size",
+        "_waiter",
+        "content_length",
+        "headers",
+        "reason",
+        "status",
+    )
+
+    def __init__(self, conn: Connection, status: int, reason: str,
+                 headers: CIMultiDict[str]) -> None:
+        self._conn: Connection | None = conn
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        length = headers.get("Content-Length")
+        self.content_length = int(length) if length is not None and length.isdigit() else None
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._size = 0
+        self._done = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    # -- fed by the connection -------------------------------------------------
+    def _feed(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._size += len(data)
+        if self._size > HIGH_WATER and self._conn is not None:
+            self._conn.pause_reading()
+        self._wake()
+
+    def _finish(self) -> None:
+        self._done = True
+        self._wake()
+
+    def _fail(self, exc: BaseException) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+        self._waiter = None
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        self._waiter = None
+
+    # -- read by the proxy -------------------------------------------------------
+    async def chunk(self) -> bytes:
+        """The next piece of the body as it arrived; ``b""`` at its end."""
+        while True:
+            if self._chunks:
+                data = self._chunks.popleft()
+                self._size -= len(data)
+                if self._conn is not None and self._size < HIGH_WATER // 4:
+                    self._conn.resume_reading()
+                return data
+            if self._done:
+                self.release()
+                return b""
+            conn = self._conn
+            if conn is None or conn.lost:
+                raise Disconnected()
+            self._waiter = conn.loop.create_future()
+            await conn.wait(self._waiter)
+
+    async def read(self) -> bytes:
+        """The whole body."""
+        parts = []
+        while chunk := await self.chunk():
+            parts.append(chunk)
+        return b"".join(parts)
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[bytes]:
+        while chunk := await self.chunk():
+            yield chunk
+
+    def release(self) -> None:
+        """Give the connection back (reusable only when the body was read to its end)."""
+        conn = self._conn
+        if conn is None:
+            return
+        self._conn = None
+        conn.done_with(reusable=self._done)
+
+    def close(self) -> None:
+        """Drop the connection (an unfinished body or a client that went away)."""
+        conn = self._conn
+        if conn is None:
+            return
+        self._conn = None
+        conn.done_with(reusable=False)
+
+
+class Connection(asyncio.Protocol):
+    """One keep-alive connection to a target; one request at a time."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.loop = pool.loop
+        self.transport: asyncio.Transport | None = None
+        self.lost = False
+        self.idle_since = 0.0
+        self._parser: Any = None
+        self._head: asyncio.Future[UpstreamResponse] | None = None
+        self._response: UpstreamResponse | None = None
+        self._status_reason = b""
+        self._raw_headers: list[tuple[bytes, bytes]] = []
+        self._head_only = False
+        self._received = False
+        self._informational = False
+        self._reading_paused = False
+        self._writing_paused: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio.Protocol ------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._received = True
+        parser = self._parser
+        if parser is None:  # the upstream talks while idle: it cannot be trusted with more
+            self._abort()
+            return
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._error(ProtocolError())
+        except httptools.HttpParserError:
+            self._error(ProtocolError())
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.lost = True
+        self.pool.forget(self)
+        response = self._response
+        if self._head is not None and not self._head.done():
+            self._head.set_exception(Disconnected())
+        elif response is not None and not response._done:
+            headers = response.headers
+            if response.content_length is None and "Transfer-Encoding" not in headers:
+                response._finish()  # a body delimited by the connection's end
+            else:
+                response._fail(Disconnected())
+        if self._writing_paused is not None and not self._writing_paused.done():
+            self._writing_paused.set_exception(Disconnected())
+
+    def pause_writing(self) -> None:
+        self._writing_paused = self.loop.create_future()
+
+    def resume_writing(self) -> None:
+        waiter, self._writing_paused = self._writing_paused, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def pause_reading(self) -> None:
+        if not self._reading_paused and self.transport is not None:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._reading_paused and self.transport is not None and not self.lost:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    # -- httptools callbacks -------------------------------------------------------
+    def on_status(self, status: bytes) -> None:
+        self._status_reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._raw_headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            self._informational = True  # 100 Continue, 103 Early Hints: wait for the real one
+            return
+        headers: CIMultiDict[str] = CIMultiDict(
+            (n.decode("latin-1"), v.decode("utf-8", "surrogateescape"))
+            for n, v in self._raw_headers)
+        response = UpstreamResponse(self, status, self._status_reason.decode("latin-1"),
+                                    headers)
+        self._response = response
+        if self._head_only:
+            # a HEAD answer has no body, whatever its length says: the message ends here
+            response._done = True
+            if not self._parser.should_keep_alive():
+                self.idle_since = -1.0
+            self._parser = None
+        head = self._head
+        self._head = None
+        if head is not None and not head.done():
+            head.set_result(response)
+
+    def on_body(self, body: bytes) -> None:
+        if self._response is not None:
+            self._response._feed(body)
+
+    def on_message_complete(self) -> None:
+        if self._informational:
+            self._informational = False
+            self._raw_headers = []
+            self._status_reason = b""
+            return
+        if self._parser is not None and not self._parser.should_keep_alive():
+            self.idle_since = -1.0  # not reusable
+        self._parser = None
+        if self._response is not None:
+            self._response._finish()
+
+    # -- requests ------------------------------------------------------------------
+    async def wait(self, waiter: asyncio.Future[Any]) -> Any:
+        """Await ``waiter`` under the upstream's read timeout."""
+        timeout = self.pool.read_timeout
+        timer = self.loop.call_later(timeout, self._read_timed_out, waiter)
+        try:
+            return await waiter
+        finally:
+            timer.cancel()
+
+    def _read_timed_out(self, waiter: asyncio.Future[Any]) -> None:
+        if not waiter.done():
+            waiter.set_exception(ReadTimeout())
+        self._abort()
+
+    async def send(self, head: bytes, body: bytes | AsyncIterator[bytes] | None, *,
+                   chunked: bool, head_only: bool) -> UpstreamResponse:
+        """Write a request, return its response once the head has arrived."""
+        transport = self.transport
+        assert transport is not None
+        self._parser = httptools.HttpResponseParser(self)
+        self._raw_headers = []
+        self._status_reason = b""
+        self._response = None
+        self._head_only = head_only
+        self._received = False
+        self._head = waiter = self.loop.create_future()
+        writer: asyncio.Task[None] | None = None
+        if body is None:
+            transport.write(head)
+        elif isinstance(body, bytes):
+            transport.write(head + body)
+        else:
+            transport.write(head)
+            writer = self.loop.create_task(self._write_body(body, chunked))
+        try:
+            response: UpstreamResponse = await self.wait(waiter)
+        except BaseException:
+            if writer is not None:
+                writer.cancel()
+            raise
+        return response
+
+    async def _write_body(self, body: AsyncIterator[bytes], chunked: bool) -> None:
+        transport = self.transport
+        assert transport is not None
+        try:
+            async for chunk in body:
+                if not chunk:
+                    continue
+                if chunked:
+                    transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+                else:
+                    transport.write(chunk)
+                if self._writing_paused is not None:
+                    await self._writing_paused
+            if chunked:
+                transport.write(b"0\r\n\r\n")
+        except BaseException as exc:
+            # the request can't be completed: the connection is unusable
+            head = self._head
+            if head is not None and not head.done():
+                head.set_exception(exc if isinstance(exc, Exception) else Disconnected())
+            self._abort()
+            if not isinstance(exc, Exception):
+                raise
+
+    def done_with(self, *, reusable: bool) -> None:
+        self._response = None
+        if reusable and not self.lost and self.idle_since >= 0 and self._parser is None:
+            self.resume_reading()
+            self.idle_since = time.monotonic()
+            self.pool.put_back(self)
+        else:
+            self._abort()
+
+    def _error(self, exc: UpstreamError) -> None:
+        head = self._head
+        if head is not None and not head.done():
+            head.set_exception(exc)
+        elif self._response is not None:
+            self._response._fail(exc)
+        self._abort()
+
+    def _abort(self) -> None:
+        self._parser = None
+        if self.transport is not None and not self.lost:
+            self.transport.abort()
+        self.lost = True
+        self.pool.forget(self)
+
+
+class Pool:
+    """Keep-alive connections to one target (``http://host:port`` or https)."""
+
+    def __init__(self, scheme: str, host: str, port: int, *, limit: int,
+                 connect_timeout: float, read_timeout: float,
+                 keepalive_timeout: float = 30.0) -> None:
+        self.loop = asyncio.get_event_loop()
+        self.scheme = scheme
+        self.host = host
+        self.port = port
+        self.limit = limit
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.keepalive_timeout = keepalive_timeout
+        self.ssl: ssl.SSLContext | None = (
+            ssl.create_default_context() if scheme == "https" else None)
+        self.server_hostname = host if scheme == "https" else None
+        self._idle: collections.deque[Connection] = collections.deque()
+        self._open: set[Connection] = set()
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self.closed = False
+
+    @property
+    def size(self) -> int:
+        """Open connections (idle and busy)."""
+        return len(self._open)
+
+    async def acquire(self) -> tuple[Connection, bool]:
+        """A connection and whether it was reused from the idle set."""
+        idle = self._idle
+        now = time.monotonic()
+        while idle:
+            conn = idle.pop()
+            if not conn.lost and now - conn.idle_since < self.keepalive_timeout:
+                return conn, True
+            conn._abort()
+        while len(self._open) >= self.limit:
+            waiter = self.loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+            if idle:
+                conn = idle.pop()
+                if not conn.lost:
+                    return conn, True
+        return await self._connect(), False
+
+    async def _connect(self) -> Connection:
+        conn = Connection(self)
+        self._open.add(conn)
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                await self.loop.create_connection(
+                    lambda: conn, self.host, self.port, ssl=self.ssl,
+                    server_hostname=self.server_hostname)
+        except TimeoutError:
+            self.forget(conn)
+            raise ConnectTimeout() from None
+        except OSError as exc:
+            self.forget(conn)
+            raise ConnectError() from exc
+        except BaseException:
+            self.forget(conn)
+            raise
+        return conn
+
+    def put_back(self, conn: Connection) -> None:
+        if self.closed:
+            conn._abort()
+            return
+        self._idle.append(conn)
+        self._wake_one()
+
+    def forget(self, conn: Connection) -> None:
+        if conn in self._open:
+            self._open.discard(conn)
+            self._wake_one()
+
+    def _wake_one(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    async def request(self, method: str, target: str, headers: Iterable[tuple[str, str]],
+                      body: bytes | AsyncIterator[bytes] | None = None) -> UpstreamResponse:
+        """Send one request; return when the response head has arrived.
+
+        A reused keep-alive connection that turns out closed before any byte of
+        the response arrived is replaced once by a new one, when the request can
+        be sent again (no streamed body).
+        """
+        head, chunked = build_head(method, target, headers, self.host, self.port, body)
+        head_only = method == "HEAD"
+        while True:
+            conn, reused = await self.acquire()
+            try:
+                return await conn.send(head, body, chunked=chunked, head_only=head_only)
+            except Disconnected:
+                conn.done_with(reusable=False)
+                if reused and not conn._received and not isinstance(body, AsyncIterator):
+                    continue  # a stale keep-alive connection: try a fresh one
+                raise
+            except BaseException:
+                conn.done_with(reusable=False)
+                raise
+
+    async def close(self) -> None:
+        self.closed = True
+        for conn in list(self._open):
+            conn._abort()
+        self._idle.clear()
+        self._open.clear()
+
+
+def build_head(method: str, target: str, headers: Iterable[tuple[str, str]], host: str,
+               port: int, body: bytes | AsyncIterator[bytes] | None) -> tuple[bytes, bool]:
+    """The request head (request line and headers) and whether the body is chunked."""
+    lines = [f"{method} {target} HTTP/1.1"]
+    has_host = has_length = False
+    for name, value in headers:
+        if "\n" in value or "\r" in value or "\x00" in value or ":" in name or "\n" in name:
+            raise ValueError(f"header {name!r} holds a line break, NUL or colon")
+        lower = name.lower()
+        if lower == "host":
+            has_host = True
+        elif lower == "content-length":
+            if isinstance(body, bytes) or body is None:
+                continue  # recomputed below from what is really sent
+            has_length = True
+        elif lower == "transfer-encoding":
+            continue
+        lines.append(f"{name}: {value}")
+    if not has_host:
+        lines.append(f"Host: {host}:{port}" if port not in (80, 443) else f"Host: {host}")
+    chunked = False
+    if isinstance(body, bytes):
+        lines.append(f"Content-Length: {len(body)}")
+    elif body is not None and not has_length:
+        lines.append("Transfer-Encoding: chunked")
+        chunked = True
+    elif body is None and method in ("POST", "PUT", "PATCH"):
+        lines.append("Content-Length: 0")
+    lines.append("\r\n")
+    return "\r\n".join(lines).encode("utf-8", "surrogateescape"), chunked

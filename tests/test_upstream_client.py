@@ -1,0 +1,217 @@
+"""The lean upstream HTTP/1.1 client against real aiohttp servers and raw sockets."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp import web
+
+from pygate.upstream.client import (
+    ConnectError,
+    Disconnected,
+    Pool,
+    ProtocolError,
+    ReadTimeout,
+    build_head,
+)
+from pygate.testing import free_port
+
+
+async def serve(app: web.Application) -> tuple[web.AppRunner, int]:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, runner.addresses[0][1]
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[tuple[int, list[web.Request]]]:
+    seen: list[web.Request] = []
+
+    async def echo(request: web.Request) -> web.StreamResponse:
+        seen.append(request)
+        body = await request.read()
+        return web.json_response({"method": request.method, "path": request.raw_path,
+                                  "len": len(body), "te": request.headers.get("Transfer-Encoding"),
+                                  "host": request.headers.get("Host")})
+
+    async def big(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        for _ in range(64):
+            await response.write(b"x" * 65536)
+        await response.write_eof()
+        return response
+
+    async def slow(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(2)
+        return web.Response(text="late")
+
+    async def empty(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_route("GET", "/big", big)
+    app.router.add_route("GET", "/slow", slow)
+    app.router.add_route("*", "/empty", empty)
+    app.router.add_route("*", "/{tail:.*}", echo)
+    runner, port = await serve(app)
+    yield port, seen
+    await runner.cleanup()
+
+
+def pool(port: int, **kwargs: float) -> Pool:
+    return Pool("http", "127.0.0.1", port, limit=int(kwargs.pop("limit", 8)),
+                connect_timeout=kwargs.pop("connect_timeout", 1.0),
+                read_timeout=kwargs.pop("read_timeout", 5.0))
+
+
+async def test_get_reuses_one_keep_alive_connection(upstream) -> None:
+    port, seen = upstream
+    p = pool(port)
+    for index in range(5):
+        response = await p.request("GET", f"/a/{index}?q=1", [("X-Test", "v")])
+        assert response.status == 200
+        assert b'"/a/%d?q=1"' % index in await response.read()
+    assert p.size == 1
+    assert len({r.transport for r in seen}) == 1  # the upstream saw one connection
+    await p.close()
+
+
+async def test_bodies_bytes_and_streamed(upstream) -> None:
+    port, _ = upstream
+    p = pool(port)
+    response = await p.request("POST", "/post", [], b"hello")
+    assert b'"len": 5' in await response.read()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(10):
+            yield b"y" * 1000
+
+    response = await p.request("PUT", "/put", [], chunks())
+    body = await response.read()
+    assert b'"len": 10000' in body and b'"te": "chunked"' in body
+    response = await p.request("POST", "/post", [("Content-Length", "10000")], chunks())
+    body = await response.read()
+    assert b'"len": 10000' in body and b'"te": null' in body
+    await p.close()
+
+
+async def test_large_response_streams_in_pieces(upstream) -> None:
+    port, _ = upstream
+    p = pool(port)
+    response = await p.request("GET", "/big", [])
+    pieces = total = 0
+    async for chunk in response:
+        pieces += 1
+        total += len(chunk)
+    assert total == 64 * 65536 and pieces > 1
+    # the connection went back to the pool and is usable
+    response = await p.request("GET", "/after", [])
+    assert response.status == 200 and p.size == 1
+    await response.read()
+    await p.close()
+
+
+async def test_head_and_204_have_no_body_and_keep_the_connection(upstream) -> None:
+    port, _ = upstream
+    p = pool(port)
+    response = await p.request("HEAD", "/x", [])
+    assert response.status == 200 and response.content_length and await response.read() == b""
+    response = await p.request("GET", "/empty", [])
+    assert response.status == 204 and await response.read() == b""
+    response = await p.request("GET", "/y", [])
+    assert b'"/y"' in await response.read()
+    assert p.size == 1
+    await p.close()
+
+
+async def test_refused_and_read_timeout(upstream) -> None:
+    port, _ = upstream
+    with pytest.raises(ConnectError):
+        await pool(free_port()).request("GET", "/", [])
+    p = pool(port, read_timeout=0.2)
+    with pytest.raises(ReadTimeout):
+        await p.request("GET", "/slow", [])
+    assert p.size == 0  # a timed-out connection is not reused
+    await p.close()
+
+
+async def raw_server(answer: bytes, close: bool = True) -> tuple[asyncio.Server, int]:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        if close:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def test_garbage_and_early_close_are_errors() -> None:
+    server, port = await raw_server(b"NOT HTTP AT ALL\r\n\r\n")
+    with pytest.raises(ProtocolError):
+        await pool(port).request("GET", "/", [])
+    server.close()
+    server, port = await raw_server(b"")
+    with pytest.raises(Disconnected):
+        await pool(port).request("GET", "/", [])
+    server.close()
+    server, port = await raw_server(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+    response = await pool(port).request("GET", "/", [])
+    with pytest.raises(Disconnected):
+        await response.read()
+    server.close()
+
+
+async def test_body_delimited_by_close_and_informational_responses() -> None:
+    server, port = await raw_server(b"HTTP/1.1 200 OK\r\n\r\nuntil the end")
+    response = await pool(port).request("GET", "/", [])
+    assert await response.read() == b"until the end"
+    server.close()
+    server, port = await raw_server(
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n"
+        b"X-A: 1\r\n\r\nok")
+    response = await pool(port).request("POST", "/", [], b"x")
+    assert (response.status, response.reason, response.headers["X-A"]) == (201, "Created", "1")
+    assert await response.read() == b"ok"
+    server.close()
+
+
+async def test_stale_keep_alive_connection_is_replaced(upstream) -> None:
+    port, seen = upstream
+    p = pool(port)
+    response = await p.request("GET", "/one", [])
+    await response.read()
+    # the upstream closes the idle connection behind our back
+    seen[-1].transport.close()  # type: ignore[union-attr]
+    await asyncio.sleep(0.05)
+    response = await p.request("GET", "/two", [])
+    assert b'"/two"' in await response.read()
+    await p.close()
+
+
+async def test_pool_limit_makes_requests_wait(upstream) -> None:
+    port, _ = upstream
+    p = pool(port, limit=2)
+
+    async def one(index: int) -> int:
+        response = await p.request("GET", f"/{index}", [])
+        await response.read()
+        return response.status
+
+    assert await asyncio.gather(*(one(i) for i in range(20))) == [200] * 20
+    assert p.size <= 2
+    await p.close()
+
+
+def test_head_refuses_header_injection() -> None:
+    with pytest.raises(ValueError):
+        build_head("GET", "/", [("X-A", "ok\r\nX-Injected: 1")], "h", 80, None)
+    head, chunked = build_head("POST", "/p", [("Content-Length", "99")], "h", 8080, b"abc")
+    assert b"Content-Length: 3\r\n" in head and b"99" not in head and not chunked
+    assert head.startswith(b"POST /p HTTP/1.1\r\n") and b"Host: h:8080\r\n" in head
