@@ -1,34 +1,62 @@
 """Upstream pools: targets, their HTTP client session, and the choice of a target.
 
 Each upstream owns one aiohttp ``ClientSession`` with a bounded keep-alive
-connection pool and the upstream's timeouts. :meth:`Upstream.pick` is the seam
-for balancing and health (round-robin over the targets here).
+connection pool and the upstream's timeouts, a balancer built once from the
+configuration (:mod:`.balancer`), and the health of its targets
+(:mod:`.health`: active checks started and stopped with the gateway, and the
+passive breaker fed by :func:`.forward.send`). :meth:`Upstream.pick` chooses a
+target among those that are healthy, not ejected and not excluded.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
+import structlog
 from yarl import URL
 
 from ..config import UpstreamConfig
 from ..context import Context
 from ..errors import ServiceUnavailable
+from .balancer import Balancer, make_balancer
+from .health import CLOSED, Breaker, HealthChecker
+
+log = structlog.get_logger("pygate")
 
 
 @dataclass(eq=False)
 class Target:
+    """One target of a pool and its live state.
+
+    ``healthy`` is the active health checks' verdict, ``breaker`` the passive
+    breaker (``None`` without ``breaker = {...}``), ``active`` the requests in
+    flight to it from this worker: counted from the moment a request is sent
+    until its response body is finished (or it failed).
+    """
+
     url: URL
     weight: int = 1
     healthy: bool = True
     active: int = 0
     label: str = field(default="")
+    breaker: Breaker | None = None
 
     def __post_init__(self) -> None:
         self.label = self.label or str(self.url)
+
+    @property
+    def key(self) -> str:
+        """The target's place on the hash ring."""
+        return self.label
+
+    def finished(self) -> None:
+        """A request to this target is over (its response was released or closed)."""
+        self.active -= 1
 
 
 class Upstream:
@@ -40,9 +68,22 @@ class Upstream:
         # internal address, so it is never shown.
         self.label = "the upstream" if "://" in name else f"upstream {name!r}"
         self.config = config
+        self.retries = config.retries
         self.targets = [Target(URL(t.url), t.weight) for t in config.targets]
+        if config.breaker is not None:
+            for target in self.targets:
+                target.breaker = Breaker(config.breaker.failures, config.breaker.cooldown)
+        self.balancer: Balancer = make_balancer(config.balancer, self.targets)
+        self._single = self.targets[0] if len(self.targets) == 1 else None
+        self._hashing = config.balancer == "hash" and self._single is None
+        self._hash_header = (config.hash_on.partition(":")[2]
+                             if config.hash_on.startswith("header:") else None)
+        self._hash_consumer = config.hash_on == "consumer"
+        # True while every target is healthy with a closed breaker: pick's fast path.
+        self.all_up = True
+        self.checker = (HealthChecker(name, self.targets, config.health, self.set_health)
+                        if config.health is not None else None)
         self.session: aiohttp.ClientSession | None = None
-        self._rr = itertools.cycle(range(len(self.targets)))
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
@@ -64,23 +105,111 @@ class Upstream:
             skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
             read_bufsize=2**16,
         )
+        if self.checker is not None:
+            self.checker.start(self.session)
 
     async def close(self) -> None:
+        if self.checker is not None:
+            await self.checker.stop()
         if self.session is not None:
             await self.session.close()
             self.session = None
             await asyncio.sleep(0)
 
-    def pick(self, ctx: Context, exclude: frozenset[Target] = frozenset()) -> Target:
-        """The target for this request (round-robin over the healthy ones)."""
-        targets = self.targets
-        if len(targets) == 1:
-            target = targets[0]
-            if target.healthy and target not in exclude:
-                return target
+    # -- choosing a target ---------------------------------------------------
+
+    def pick(self, ctx: Context, exclude: frozenset[Target] = frozenset(), *,
+             headers: Mapping[str, str] | None = None) -> Target:
+        """The target for this request, by the upstream's balancer.
+
+        :param exclude: targets not to choose (those a retry already tried).
+        :param headers: the outgoing request headers, for ``hash_on = "header:NAME"``
+            (without them, or without that header, the client IP is the key).
+        :raise ServiceUnavailable: no target is healthy, closed-breaker and not excluded.
+
+        When the chosen target's breaker is half-open, this request becomes its
+        trial; report its outcome with :meth:`succeeded`/:meth:`failed` (or
+        :meth:`abandoned`), else the trial lapses after ``cooldown``.
+        """
+        single = self._single
+        if self.all_up and not exclude:
+            if single is not None:
+                return single
+            key = self.hash_key(ctx, headers) if self._hashing else ""
+            return self.targets[self.balancer.choose(key, None)]
+        now = time.monotonic()
+        allowed = [
+            t.healthy and (t.breaker is None or t.breaker.allows(now)) and t not in exclude
+            for t in self.targets
+        ]
+        if not any(allowed):
+            raise self._unavailable(now, exclude)
+        if single is not None:
+            target = single
         else:
-            for _ in range(len(targets)):
-                target = targets[next(self._rr)]
-                if target.healthy and target not in exclude:
-                    return target
-        raise ServiceUnavailable(f"no healthy target in {self.label}")
+            key = self.hash_key(ctx, headers) if self._hashing else ""
+            target = self.targets[self.balancer.choose(key, allowed)]
+        if target.breaker is not None:
+            target.breaker.claim(now, ctx)
+        return target
+
+    def hash_key(self, ctx: Context, headers: Mapping[str, str] | None) -> str:
+        """What the ``hash`` balancer hashes: a header, the consumer, or the client IP."""
+        if self._hash_header is not None:
+            value = headers.get(self._hash_header) if headers is not None else None
+            if value:
+                return value
+        elif self._hash_consumer and ctx.identity is not None:
+            consumer = ctx.identity.get("consumer")
+            if consumer:
+                return str(consumer)
+        return ctx.client_ip
+
+    def _unavailable(self, now: float, exclude: frozenset[Target]) -> ServiceUnavailable:
+        if any(t.healthy and t.breaker is not None and not t.breaker.allows(now)
+               for t in self.targets if t not in exclude):
+            return ServiceUnavailable(
+                f"no healthy target in {self.label}: the circuit breaker is open")
+        return ServiceUnavailable(f"no healthy target in {self.label}")
+
+    # -- health and breaker --------------------------------------------------
+
+    def set_health(self, target: Target, healthy: bool) -> None:
+        """The active health checks' verdict on ``target``."""
+        target.healthy = healthy
+        self._refresh()
+
+    def succeeded(self, target: Target, owner: object) -> None:
+        """A request to ``target`` got an answer that is not 502/503/504."""
+        breaker = target.breaker
+        if breaker is not None and breaker.success(owner):
+            log.info("breaker closed", upstream=self.name, target=target.label)
+            self._refresh()
+
+    def failed(self, target: Target, owner: object, reason: str) -> None:
+        """A request to ``target`` failed (connect error, reset, timeout, 502/503/504)."""
+        breaker = target.breaker
+        if breaker is not None and breaker.failure(time.monotonic(), owner):
+            log.warning("breaker open", upstream=self.name, target=target.label,
+                        reason=reason, cooldown_s=breaker.cooldown)
+            self._refresh()
+
+    def abandoned(self, target: Target, owner: object) -> None:
+        """A request to ``target`` ended without an outcome (the client went away)."""
+        breaker = target.breaker
+        if breaker is not None:
+            breaker.abandon(time.monotonic(), owner)
+
+    def _refresh(self) -> None:
+        self.all_up = all(t.healthy and (t.breaker is None or not t.breaker.open_until)
+                          for t in self.targets)
+
+    def describe(self) -> list[dict[str, Any]]:
+        """The targets and their state (for the admin listener)."""
+        now = time.monotonic()
+        return [
+            {"target": t.label, "weight": t.weight, "healthy": t.healthy,
+             "breaker": t.breaker.state(now) if t.breaker is not None else CLOSED,
+             "active": t.active}
+            for t in self.targets
+        ]

@@ -1,7 +1,7 @@
 """The streaming reverse proxy: upstream calls for client requests.
 
-:func:`send` makes one upstream call (target choice, error mapping; the seam
-for retries and the breaker) and is shared by proxy and aggregate routes.
+:func:`send` makes one upstream call (target choice, retries, breaker
+accounting, error mapping) and is shared by proxy and aggregate routes.
 :func:`exchange` proxies a client request through it: the request body streams
 from the client through a counting generator that enforces
 ``gateway.max_body``, the response body streams back chunk by chunk. Upstream
@@ -12,17 +12,27 @@ about the upstream's address reaches the client.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
+import structlog
 from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
 from ..context import Context, UpstreamRequest
-from ..errors import BadGateway, GatewayError, GatewayTimeout, PayloadTooLarge
+from ..errors import (
+    BadGateway,
+    GatewayError,
+    GatewayTimeout,
+    PayloadTooLarge,
+    ServiceUnavailable,
+)
 from ..sanitize import strip_hop_by_hop
 from . import Target, Upstream
+
+log = structlog.get_logger("pygate")
 
 SMALL_BODY = 64 * 1024
 
@@ -63,6 +73,13 @@ def target_url(target: Target, upstream_request: UpstreamRequest) -> URL:
     )
 
 
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+# Answers that count against a target and are retried (the contract's 502/503/504).
+FAILED_STATUSES = frozenset({502, 503, 504})
+# ctx.state key: the targets tried, in order, when a request was retried.
+TRIED = "pygate.tried_targets"
+
+
 async def send(
     upstream: Upstream,
     ctx: Context,
@@ -72,42 +89,140 @@ async def send(
     data: object = None,
     body: BodyLimit | None = None,
 ) -> aiohttp.ClientResponse:
-    """One upstream call; the response's headers have arrived when it returns.
+    """One upstream call with retries; the response's headers have arrived when it returns.
+
+    The target comes from the upstream's balancer. Idempotent requests whose
+    body can be sent again (none, or bytes) are retried up to ``retries``
+    times, on another target when there is one, after a refused connection, a
+    connect timeout, a connection closed or reset before the response, or a
+    502/503/504 answer, while ``deadline`` is ahead. A 502/503/504 left when
+    the attempts run out is returned as it is. Every outcome feeds the target's
+    breaker; the target counts the request in ``active`` until the returned
+    response is released or closed.
 
     :param deadline: loop time by which the response headers must have arrived (504).
     :param data: what to send as the body (bytes, an async iterator) or ``None``.
-    :param body: the client-body stream inside ``data``, to tell 413 from 502.
+    :param body: the client-body stream inside ``data``, to tell 413 from 502; a
+        request with one is never retried (its body is consumed).
     :raise GatewayError: 502, 503 or 504 as PRODUCT.md section 4 says.
     """
     session = upstream.session
     assert session is not None, "upstream used before the gateway started"
-    target = upstream.pick(ctx)
-    ctx.target = target.label
-    target.active += 1
+    headers = upstream_request.headers
+    method = upstream_request.method
+    retries = upstream.retries if (
+        method in IDEMPOTENT and body is None and _replayable(data)) else 0
+    target = upstream.pick(ctx, headers=headers)
+    tried: list[Target] = []
+    while True:
+        ctx.target = target.label
+        target.active += 1
+        response: aiohttp.ClientResponse | None = None
+        error: GatewayError | None = None
+        timer = asyncio.timeout_at(deadline)
+        try:
+            async with timer:
+                response = await session.request(
+                    method,
+                    target_url(target, upstream_request),
+                    headers=headers,
+                    data=data,
+                    allow_redirects=False,
+                )
+        except (aiohttp.ClientError, TimeoutError, GatewayError) as exc:
+            target.active -= 1
+            error, retryable, blame = _classify(exc, upstream, body, timer.expired())
+            if blame is None:
+                upstream.abandoned(target, ctx)
+            else:
+                upstream.failed(target, ctx, blame)
+            reason = blame or error.detail
+        except BaseException:  # cancelled (client gone, aggregate timeout), or a bug
+            target.active -= 1
+            upstream.abandoned(target, ctx)
+            raise
+        else:
+            connection = response.connection
+            if connection is None:  # no body, or read already: released
+                target.active -= 1
+            else:
+                connection.add_callback(target.finished)
+            status = response.status
+            if status not in FAILED_STATUSES:
+                upstream.succeeded(target, ctx)
+                return response
+            reason = f"status {status}"
+            upstream.failed(target, ctx, reason)
+            retryable = True
+        tried.append(target)
+        if retryable and len(tried) <= retries and asyncio.get_running_loop().time() < deadline:
+            following = _retry_target(upstream, ctx, headers, tried)
+            if following is not None:
+                log.info("upstream retry", request_id=ctx.request_id, upstream=upstream.name,
+                         target=target.label, next_target=following.label, reason=reason)
+                if response is not None:
+                    response.release()
+                ctx.state[TRIED] = [*(t.label for t in tried), following.label]
+                target = following
+                continue
+        if response is not None:
+            return response
+        assert error is not None
+        raise error
+
+
+def _replayable(data: object) -> bool:
+    return data is None or isinstance(data, bytes | bytearray | memoryview | str)
+
+
+def _retry_target(upstream: Upstream, ctx: Context, headers: CIMultiDict[str],
+                  tried: list[Target]) -> Target | None:
+    """Another target than those tried when there is one, else the same one again."""
     try:
-        async with asyncio.timeout_at(deadline):
-            return await session.request(
-                upstream_request.method,
-                target_url(target, upstream_request),
-                headers=upstream_request.headers,
-                data=data,
-                allow_redirects=False,
-            )
-    except GatewayError:
-        raise
-    except TimeoutError:
-        raise GatewayTimeout(f"{upstream.label} did not answer in time") from None
-    except aiohttp.ClientConnectorError:
-        raise BadGateway(f"{upstream.label} refused the connection") from None
-    except aiohttp.ClientError as exc:
-        if body is not None and body.exceeded:
-            raise PayloadTooLarge("request body exceeds the gateway's max_body") from None
-        cause = exc.__cause__
-        if isinstance(cause, GatewayError):
-            raise cause from None
-        raise BadGateway(f"{upstream.label} failed: {_reason(exc)}") from None
-    finally:
-        target.active -= 1
+        return upstream.pick(ctx, frozenset(tried), headers=headers)
+    except ServiceUnavailable:
+        pass
+    try:
+        return upstream.pick(ctx, headers=headers)
+    except ServiceUnavailable:
+        return None
+
+
+def _classify(exc: BaseException, upstream: Upstream, body: BodyLimit | None, expired: bool
+              ) -> tuple[GatewayError, bool, str | None]:
+    """A failed attempt -> (the client's error, whether to retry, the target's fault or None).
+
+    Retried: refused connections, connect timeouts, connections closed or reset
+    before the response. Not retried: the request's own deadline, a read
+    timeout (the upstream may be working on it), a malformed response, and
+    failures of the client's own body (too large, or the client went away),
+    which are not the target's fault either.
+    """
+    name = upstream.label
+    if isinstance(exc, GatewayError):
+        return exc, False, None
+    if expired:
+        return GatewayTimeout(f"{name} did not answer in time"), False, "timed out"
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return GatewayTimeout(f"{name} did not accept the connection in time"), True, \
+            "connect timeout"
+    if isinstance(exc, TimeoutError):
+        return GatewayTimeout(f"{name} did not answer in time"), False, "read timeout"
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return BadGateway(f"{name} failed the TLS handshake"), False, "TLS handshake failed"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return BadGateway(f"{name} refused the connection"), True, "connection refused"
+    if body is not None and body.exceeded:
+        return PayloadTooLarge("request body exceeds the gateway's max_body"), False, None
+    cause = exc.__cause__
+    if isinstance(cause, GatewayError):
+        return cause, False, None
+    if body is not None and body.reader.exception() is not None:
+        return BadGateway(f"{name} failed: the request body was cut"), False, None
+    reason = _reason(exc)
+    retryable = isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError
+                           | aiohttp.ClientConnectionResetError)
+    return BadGateway(f"{name} failed: {reason}"), retryable, reason
 
 
 async def exchange(
@@ -129,8 +244,12 @@ async def exchange(
     if data is None and request.body_exists:
         body = BodyLimit(request.content, max_body, ctx)
         data = body.chunks()
-    response = await send(upstream, ctx, upstream_request, deadline=deadline, data=data,
-                          body=body)
+    try:
+        with ClientWatch(request):
+            response = await send(upstream, ctx, upstream_request, deadline=deadline,
+                                  data=data, body=body)
+    except ClientGone:
+        raise GatewayError("the client closed the connection", status=499) from None
 
     headers = CIMultiDict(response.headers)
     strip_hop_by_hop(headers)
@@ -159,13 +278,14 @@ async def exchange(
                 total = len(chunk)
                 await sent.write(chunk)
             else:
-                async for chunk in response.content.iter_any():
-                    total += len(chunk)
-                    ctx.bytes_out = total
-                    await sent.write(chunk)
+                with ClientWatch(request):
+                    async for chunk in response.content.iter_any():
+                        total += len(chunk)
+                        ctx.bytes_out = total
+                        await sent.write(chunk)
             ctx.bytes_out = total
             await sent.write_eof()
-        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError, ClientGone):
             ctx.error = "client disconnected"
             response.close()
             return
@@ -202,7 +322,7 @@ async def _read_up_to(response: aiohttp.ClientResponse, limit: int
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return "connection closed without a response"
-    if isinstance(exc, aiohttp.ClientOSError):
+    if isinstance(exc, aiohttp.ClientOSError | aiohttp.ClientConnectionResetError):
         return "connection reset"
     if isinstance(exc, aiohttp.ClientPayloadError):
         return "malformed body"
@@ -211,3 +331,93 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timed out"
     return type(exc).__name__
+
+
+# How often a proxy waiting on its upstream checks that its client is still there.
+CLIENT_CHECK = 0.25
+
+
+class ClientGone(Exception):
+    """The client's connection closed while the gateway waited on the upstream."""
+
+
+class ClientWatch:
+    """Cancels the awaits inside it once the client's connection is gone.
+
+    aiohttp does not cancel a handler whose client disconnects (pygate's log
+    hooks must still run), so a proxy waiting on a silent upstream (for the
+    response headers, or between two Server-Sent Events) would otherwise keep
+    that upstream request and its pooled connection until the upstream spoke
+    again. One timer per event loop (:class:`_Sweep`) looks at the transports
+    of the watched clients every :data:`CLIENT_CHECK` seconds, so a watch costs
+    a dict entry, not a timer; once a client's connection is gone its waiting
+    task is cancelled, and leaving the block raises :class:`ClientGone` instead
+    of that cancellation.
+    """
+
+    __slots__ = ("_cancelling", "_request", "_sweep", "_task", "gone")
+
+    def __init__(self, request: web.BaseRequest) -> None:
+        self._request = request
+        self._task: asyncio.Task[object] | None = None
+        self._sweep: _Sweep | None = None
+        self._cancelling = 0
+        self.gone = False
+
+    def __enter__(self) -> ClientWatch:
+        task = self._task = asyncio.current_task()
+        if task is not None:
+            self._cancelling = task.cancelling()
+            loop = task.get_loop()
+            sweep = _SWEEPS.get(loop)
+            if sweep is None:
+                sweep = _SWEEPS[loop] = _Sweep(loop)
+            self._sweep = sweep
+            sweep.add(self)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: object) -> None:
+        if self._sweep is not None:
+            self._sweep.watched.pop(self, None)
+        if self.gone and self._task is not None:
+            if self._task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
+                raise ClientGone from exc
+
+    def check(self) -> bool:
+        """Cancel the watched task if the client is gone; whether it is."""
+        transport = self._request.transport
+        if transport is not None and not transport.is_closing():
+            return False
+        self.gone = True
+        assert self._task is not None
+        self._task.cancel()
+        return True
+
+
+class _Sweep:
+    """The timer of one event loop that checks every watched client, while there are any."""
+
+    __slots__ = ("__weakref__", "handle", "loop", "watched")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.watched: dict[ClientWatch, None] = {}
+        self.handle: asyncio.TimerHandle | None = None
+
+    def add(self, watch: ClientWatch) -> None:
+        self.watched[watch] = None
+        if self.handle is None:
+            self.handle = self.loop.call_later(CLIENT_CHECK, self.run)
+
+    def run(self) -> None:
+        self.handle = None
+        for watch in list(self.watched):
+            if watch.check():
+                del self.watched[watch]
+        if self.watched:
+            self.handle = self.loop.call_later(CLIENT_CHECK, self.run)
+
+
+_SWEEPS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Sweep] = (
+    weakref.WeakKeyDictionary())
