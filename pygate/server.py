@@ -1,9 +1,14 @@
-"""Running the gateway: the aiohttp low-level server, signals and graceful drain.
+"""Running the gateway: the aiohttp low-level server, signals, graceful drain and reload.
 
 The server is aiohttp's low-level :class:`aiohttp.web.Server` (no aiohttp
 router or middleware: pygate routes itself). Its protocol answers HTTP parser
 rejections (smuggling shapes, malformed request lines) with a problem document
 and closes the connection; an oversize header block gets 431.
+
+One process serves with :func:`serve_forever`: SIGTERM/SIGINT drain and stop,
+SIGHUP reloads the configuration (:meth:`Running.reload`: new requests use the
+new gateway, in-flight ones finish on the old one). Several worker processes
+are run by :mod:`pygate.workers`, each of them through :func:`serve_forever`.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import logging
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
 import structlog
@@ -23,8 +28,9 @@ from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
 from .app import Gateway
+from .config import ConfigError
 from .errors import PROBLEM_CONTENT_TYPE, problem_body
-from .pipeline import Pipeline
+from .pipeline import InFlight, Pipeline
 from .sanitize import request_id
 
 log = structlog.get_logger("pygate")
@@ -36,6 +42,10 @@ MAX_FIELD = 8190
 DRAIN_POLL = 0.02
 # After the drain: how long aiohttp may still wait (twice) before cancelling handlers.
 CUT_GRACE = 0.1
+# How often a reload checks whether the previous gateway's last request has finished.
+RETIRE_POLL = 0.05
+# At shutdown, how long gateways replaced by a reload may take to stop.
+RETIRED_STOP_WITHIN = 5.0
 
 
 class _Protocol(RequestHandler):
@@ -100,6 +110,8 @@ class Running:
         self.host = host
         self.port = port
         self.pipeline = pipeline or Pipeline(gateway)
+        # Gateways replaced by a reload, until their last request has finished.
+        self._retiring: dict[Gateway, asyncio.Task[None]] = {}
 
     @property
     def url(self) -> str:
@@ -110,6 +122,12 @@ class Running:
         """Drain (up to ``gateway.drain_timeout``), close what is left, stop the gateway."""
         await self.drain(self.gateway.config.gateway.drain_timeout)
         await self.runner.cleanup()
+        # Every handler has ended now: gateways replaced by a reload stop too.
+        retiring = list(self._retiring.values())
+        if retiring:
+            _, pending = await asyncio.wait(retiring, timeout=RETIRED_STOP_WITHIN)
+            for task in pending:
+                task.cancel()
         await self.gateway.stop()
 
     async def drain(self, within: float) -> None:
@@ -126,12 +144,47 @@ class Running:
             return
         await asyncio.sleep(0)  # let connections accepted just now start their request
         server.pre_shutdown()
-        await self.gateway.drain()
+        for gateway in [*self._retiring, self.gateway]:
+            await gateway.drain()
         steps = max(1, round(within / DRAIN_POLL))
         for _ in range(steps):
             if not self.pipeline.in_flight:
                 return
             await asyncio.sleep(DRAIN_POLL)
+
+    async def reload(self, gateway: Gateway) -> None:
+        """Serve new requests with ``gateway``; in-flight requests finish on the old one.
+
+        ``gateway`` (built by :func:`pygate.app.build_gateway`, so already
+        valid) is started before the swap; if its start fails it is stopped
+        again and the exception propagates, the old gateway still serving. The
+        old gateway is stopped once its last request has finished, however
+        long that takes (a WebSocket may keep it for hours).
+        """
+        try:
+            await gateway.start()
+        except BaseException:
+            await gateway.stop()
+            raise
+        old = self.gateway
+        left = self.pipeline.switch(gateway)
+        self.gateway = gateway
+        task = asyncio.get_running_loop().create_task(_retire(old, left))
+        self._retiring[old] = task
+        task.add_done_callback(lambda _: self._retiring.pop(old, None))
+
+    @property
+    def retiring(self) -> int:
+        """How many replaced gateways still have requests in flight."""
+        return len(self._retiring)
+
+
+async def _retire(gateway: Gateway, left: InFlight) -> None:
+    # Polled like the drain: Pipeline.handle only counts, it signals nobody.
+    while left.count:  # noqa: ASYNC110
+        await asyncio.sleep(RETIRE_POLL)
+    await gateway.stop()
+    log.info("previous configuration stopped")
 
 
 async def start(gateway: Gateway, host: str, port: int, *,
@@ -160,22 +213,119 @@ async def start(gateway: Gateway, host: str, port: int, *,
     return Running(gateway, runner, site, bound_host, bound_port, pipeline)
 
 
+Loader = Callable[[], Gateway]
+"""Reads and validates the configuration again (raises ConfigError): a reload's source."""
+
+
 async def serve_forever(gateway: Gateway, host: str, port: int, *,
-                        sock: socket.socket | None = None, reuse_port: bool = False,
-                        on_ready: Callable[[Running], None] | None = None) -> None:
-    """Serve until SIGTERM/SIGINT, then drain in-flight requests and stop."""
+                        socks: Sequence[socket.socket] = (), reuse_port: bool = False,
+                        on_ready: Callable[[Running], None] | None = None,
+                        reload: Loader | None = None) -> None:
+    """Serve until SIGTERM/SIGINT, then drain in-flight requests and stop.
+
+    With ``socks`` (already bound and listening, e.g. by the workers'
+    supervisor) the gateway serves on those instead of binding ``host:port``.
+    With ``reload``, SIGHUP reloads the configuration (:func:`reload_gateway`);
+    without it SIGHUP is ignored rather than killing the process.
+    """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    hangup = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    running = await start(gateway, host, port, sock=sock, reuse_port=reuse_port)
-    log.info("listening", url=running.url, routes=len(gateway.router.routes))
-    if on_ready is not None:
-        on_ready(running)
-    await stop.wait()
-    log.info("draining", timeout_s=gateway.config.gateway.drain_timeout)
-    await running.stop()
-    log.info("stopped")
+    loop.add_signal_handler(signal.SIGHUP, hangup.set)
+    try:
+        running = await start(gateway, host, port, sock=socks[0] if socks else None,
+                              reuse_port=reuse_port)
+        for extra in socks[1:]:
+            site = web.SockSite(running.runner, extra)
+            await site.start()
+        log.info("listening", url=running.url, routes=len(gateway.router.routes))
+        if on_ready is not None:
+            on_ready(running)
+        reloader = loop.create_task(_reload_on_hangup(running, hangup, reload))
+        await stop.wait()
+        reloader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reloader
+        log.info("draining", timeout_s=running.gateway.config.gateway.drain_timeout)
+        await running.stop()
+        log.info("stopped")
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+
+
+async def _reload_on_hangup(running: Running, hangup: asyncio.Event,
+                            reload: Loader | None) -> None:
+    # SIGHUPs arriving during a reload are folded into one more reload.
+    while True:
+        await hangup.wait()
+        hangup.clear()
+        if reload is None:
+            log.warning("SIGHUP ignored: no configuration file to reload")
+            continue
+        await reload_gateway(running, reload)
+
+
+async def reload_gateway(running: Running, reload: Loader) -> bool:
+    """Read and validate the configuration again; if valid, swap it in. True when swapped.
+
+    An invalid configuration is logged (``reload refused``, with every error's
+    key path) and the current one stays. Settings that only a restart can
+    change (``gateway.listen``, ``gateway.workers``) are reported when they differ.
+    """
+    gateway = validate(reload)
+    if gateway is None:
+        return False
+    warn_restart_only(running.gateway, gateway)
+    try:
+        await running.reload(gateway)
+    except Exception as exc:
+        log.error("reload failed: the new configuration did not start",
+                  error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+        return False
+    log.info("reloaded", file=gateway.config.source, routes=len(gateway.router.routes))
+    return True
+
+
+def validate(reload: Loader) -> Gateway | None:
+    """Read and validate the configuration again; None (errors logged) when it is invalid."""
+    log.info("reloading")
+    try:
+        return reload()
+    except ConfigError as exc:
+        log.error("reload refused", file=exc.file, errors=[str(i) for i in exc.issues])
+    except Exception as exc:
+        log.error("reload refused", error=f"{type(exc).__name__}: {exc}")
+    return None
+
+
+def warn_restart_only(old: Gateway, new: Gateway) -> None:
+    """Log the settings a reload cannot apply (the listening socket, the worker count)."""
+    before, after = old.config.gateway, new.config.gateway
+    for key in ("listen", "workers"):
+        if getattr(before, key) != getattr(after, key):
+            log.warning("setting changed; it takes effect at the next restart",
+                        key=f"gateway.{key}", running=getattr(before, key),
+                        configured=getattr(after, key))
+
+
+# Fields on every log line of this process: a worker's number and pid (pygate.workers).
+_process_fields: dict[str, Any] = {}
+
+
+def set_process_fields(**fields: Any) -> None:
+    """Add ``fields`` to every later log line of this process (replacing earlier ones)."""
+    _process_fields.clear()
+    _process_fields.update(fields)
+
+
+def _add_process_fields(logger: Any, method: str,
+                        event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key, value in _process_fields.items():
+        event_dict.setdefault(key, value)
+    return event_dict
 
 
 def configure_logging(level: str) -> None:
@@ -184,12 +334,15 @@ def configure_logging(level: str) -> None:
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
+            _add_process_fields,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             structlog.processors.JSONRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # One write per line, so that the lines of several worker processes
+        # sharing stderr never interleave.
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
 

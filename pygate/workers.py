@@ -1,0 +1,460 @@
+"""Several worker processes on one port: ``pygate serve --workers N`` (docs/operations.md).
+
+The supervisor (the process ``pygate serve`` started, the configuration
+already validated) binds one ``SO_REUSEPORT`` listening socket per worker slot
+on the same address, so that the kernel spreads connections over them, and
+forks one worker per slot; a worker serves its slot's socket with
+:func:`pygate.server.serve_forever`, as a single-process gateway does.
+
+- Binding in the supervisor fails ``serve`` (exit 1) before any worker exists,
+  and ``--listen HOST:0`` gives every worker the same port.
+- A slot's socket stays open while its worker is replaced, so connections
+  queued for a worker that died wait for the replacement instead of being
+  reset; during a crash-loop backoff it is closed (the kernel then uses the
+  other sockets) and bound again at the restart.
+- Forking starts a worker in milliseconds from the very configuration the
+  supervisor validated. The supervisor runs no event loop and never starts
+  the gateway's resources: each worker opens its own.
+
+SIGTERM/SIGINT: close the sockets, SIGTERM every worker (each drains), SIGKILL
+those still running after ``drain_timeout`` + :data:`KILL_GRACE`, exit 0.
+SIGHUP: validate the file again; if valid, SIGHUP every worker (each reloads).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import select
+import signal
+import socket
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from .app import Gateway
+from .server import (
+    Loader,
+    Running,
+    serve_forever,
+    set_process_fields,
+    validate,
+    warn_restart_only,
+)
+
+log = structlog.get_logger("pygate")
+
+# After drain_timeout, how long a worker may still take to exit before SIGKILL.
+KILL_GRACE = 2.0
+# A worker that ran at least this long before it exited is restarted at once.
+STABLE_AFTER = 5.0
+# Restart delays of a crash-looping slot: none for the first exit, then 0.5s, 1s, 2s ... 30s.
+BACKOFF_FIRST = 0.5
+BACKOFF_MAX = 30.0
+# How often a worker checks that its supervisor is still alive.
+PARENT_POLL = 1.0
+# The supervisor's loop wakes at least this often, whatever it waits for.
+TICK = 5.0
+
+_HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
+
+
+def worker_count(value: int | str) -> int:
+    """``--workers``/``gateway.workers`` as a number: ``"auto"`` is one per CPU."""
+    if value == "auto":
+        return os.cpu_count() or 1
+    if isinstance(value, str) and value.isascii() and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    raise ValueError(f'expected a number >= 1 or "auto", found {value!r}')
+
+
+def restart_delay(failures: int) -> float:
+    """Seconds before restarting a slot whose worker exited ``failures`` times in a row.
+
+    An exit after :data:`STABLE_AFTER` seconds of service resets the count, so a
+    worker that crashes once in a while is always replaced at once.
+    """
+    if failures <= 1:
+        return 0.0
+    return min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (failures - 2))
+
+
+def bind(host: str, port: int) -> list[socket.socket]:
+    """Listening ``SO_REUSEPORT`` sockets for ``host:port`` (one per address of ``host``).
+
+    Port 0 picks a free port for the first address and uses it for the others.
+    """
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                               flags=socket.AI_PASSIVE)
+    socks: list[socket.socket] = []
+    seen: set[Any] = set()
+    try:
+        for family, kind, proto, _, address in infos:
+            if address in seen:
+                continue
+            seen.add(address)
+            sock = socket.socket(family, kind, proto)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if port == 0 and len(socks) > 1:
+                address = (address[0], socks[0].getsockname()[1], *address[2:])
+            sock.bind(address)
+            sock.listen(1024)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
+
+
+@dataclass(eq=False)
+class Slot:
+    """One worker position: its sockets and its current process."""
+
+    number: int
+    socks: list[socket.socket] = field(default_factory=list)
+    pid: int | None = None
+    started: float = 0.0
+    ready: bool = False
+    ready_fd: int | None = None  # the worker writes one byte on it once it listens
+    generation: int = 0  # the configuration the worker runs (counts valid reloads)
+    failures: int = 0
+    restart_at: float | None = None
+
+    def close_socks(self) -> None:
+        for sock in self.socks:
+            sock.close()
+        self.socks = []
+
+    def close_ready(self) -> None:
+        if self.ready_fd is not None:
+            os.close(self.ready_fd)
+            self.ready_fd = None
+
+
+class Supervisor:
+    """Forks the workers, replaces those that exit, forwards signals, exits when all did."""
+
+    def __init__(self, gateway: Gateway, host: str, port: int, count: int,
+                 reload: Loader) -> None:
+        self.gateway = gateway
+        self.host = host
+        self.port = port
+        self.reload = reload
+        self.drain_timeout = gateway.config.gateway.drain_timeout
+        self.slots = [Slot(number) for number in range(1, count + 1)]
+        self.generation = 0
+        self.booted = False  # every worker has listened once
+        self.stopping = False
+        self.kill_at: float | None = None
+        self.exit_code = 0
+        self._signals: list[int] = []
+        self._wake_r = self._wake_w = -1
+
+    @classmethod
+    def bind(cls, gateway: Gateway, host: str, port: int, count: int,
+             reload: Loader) -> Supervisor:
+        """Bind every slot's sockets (OSError when the address cannot be bound)."""
+        supervisor = cls(gateway, host, port, count, reload)
+        try:
+            for slot in supervisor.slots:
+                slot.socks = bind(host, supervisor.port)
+                supervisor.port = slot.socks[0].getsockname()[1]
+        except BaseException:
+            for slot in supervisor.slots:
+                slot.close_socks()
+            raise
+        return supervisor
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    # -- the loop ----------------------------------------------------------
+
+    def run(self) -> int:
+        """Run the workers until SIGTERM/SIGINT and all of them have exited; the exit code."""
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in _HANDLED}
+        old_wakeup = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        set_process_fields(supervisor=os.getpid())  # a worker replaces these
+        try:
+            log.info("supervisor started", url=self.url, workers=len(self.slots))
+            for slot in self.slots:
+                self._spawn(slot)
+            while self._alive():
+                self._wait()
+                self._handle_signals()
+                self._reap()
+                if self.stopping:
+                    self._kill_stragglers()
+                else:
+                    self._restart_due()
+            log.info("stopped")
+            return self.exit_code
+        finally:
+            for slot in self.slots:  # only after an error in the loop: workers drain alone
+                self._signal(slot, signal.SIGTERM)
+            signal.set_wakeup_fd(old_wakeup)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            for fd in (self._wake_r, self._wake_w):
+                os.close(fd)
+            for slot in self.slots:
+                slot.close_socks()
+                slot.close_ready()
+
+    def _alive(self) -> bool:
+        return not self.stopping or any(slot.pid is not None for slot in self.slots)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self._signals.append(signum)
+
+    def _wait(self) -> None:
+        """Sleep until a signal, a worker's readiness, or the next timer."""
+        now = time.monotonic()
+        timers = [slot.restart_at for slot in self.slots if slot.restart_at is not None]
+        if self.kill_at is not None:
+            timers.append(self.kill_at)
+        timeout = max(0.0, min([*timers, now + TICK]) - now)
+        readers = {slot.ready_fd: slot for slot in self.slots if slot.ready_fd is not None}
+        readable, _, _ = select.select([self._wake_r, *readers], [], [], timeout)
+        for fd in readable:
+            if fd == self._wake_r:
+                with contextlib.suppress(BlockingIOError):
+                    while os.read(self._wake_r, 512):
+                        pass
+            else:
+                self._on_ready(readers[fd])
+
+    def _handle_signals(self) -> None:
+        while self._signals:
+            signum = self._signals.pop(0)
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                self._stop(signal.Signals(signum).name)
+            elif signum == signal.SIGHUP:
+                self._reload()
+
+    # -- workers -----------------------------------------------------------
+
+    def _spawn(self, slot: Slot) -> None:
+        slot.restart_at = None
+        if not slot.socks:
+            try:
+                slot.socks = bind(self.host, self.port)
+            except OSError as exc:
+                self._retry_later(slot, f"cannot listen on {self.url}: {exc.strerror or exc}")
+                return
+        ready_r, ready_w = os.pipe()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Signals stay blocked across the fork until the child has set its own handlers.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED)
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            os.close(ready_r)
+            os.close(ready_w)
+            self._retry_later(slot, f"cannot fork a worker: {exc.strerror or exc}")
+            return
+        if pid == 0:  # the worker: never returns
+            code = 1
+            try:
+                os.close(ready_r)
+                code = self._become_worker(slot, ready_w, mask)
+            except BaseException as exc:
+                log.error("worker failed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+            finally:
+                with contextlib.suppress(Exception):
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                os._exit(code)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        os.close(ready_w)
+        slot.pid = pid
+        slot.started = time.monotonic()
+        slot.ready = False
+        slot.ready_fd = ready_r
+        slot.generation = self.generation
+        log.info("worker started", worker=slot.number, pid=pid)
+
+    def _retry_later(self, slot: Slot, reason: str) -> None:
+        slot.failures += 1
+        delay = max(BACKOFF_FIRST, restart_delay(slot.failures))
+        slot.restart_at = time.monotonic() + delay
+        log.error("worker not started", worker=slot.number, reason=reason, retry_in_s=delay)
+
+    def _become_worker(self, slot: Slot, ready_w: int, mask: Iterable[int]) -> int:
+        """In the forked child: drop the supervisor's state, then serve the slot's sockets."""
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # until the event loop takes over
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # re-sent once the worker listens
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        for other in self.slots:
+            if other is not slot:
+                other.close_socks()
+            other.close_ready()
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        set_process_fields(worker=slot.number, pid=os.getpid())
+        return run_worker(self.gateway, self.host, self.port, slot.socks, ready_w,
+                          supervisor=os.getppid(), reload=self.reload)
+
+    def _on_ready(self, slot: Slot) -> None:
+        assert slot.ready_fd is not None
+        try:
+            data = os.read(slot.ready_fd, 16)
+        except OSError:
+            data = b""
+        slot.close_ready()
+        if not data:
+            return  # the worker exited before listening: _reap deals with it
+        slot.ready = True
+        if slot.generation != self.generation:  # forked before the last reload
+            self._signal(slot, signal.SIGHUP)
+            slot.generation = self.generation
+        if not self.booted and all(s.ready for s in self.slots):
+            self.booted = True
+            log.info("workers ready", url=self.url, workers=len(self.slots),
+                     pids=[s.pid for s in self.slots])
+
+    def _reap(self) -> None:
+        for slot in self.slots:
+            if slot.pid is None:
+                continue
+            try:
+                pid, status = os.waitpid(slot.pid, os.WNOHANG)
+            except ChildProcessError:
+                pid, status = slot.pid, 0
+            if pid:
+                self._exited(slot, os.waitstatus_to_exitcode(status))
+
+    def _exited(self, slot: Slot, code: int) -> None:
+        pid, uptime, was_ready = slot.pid, time.monotonic() - slot.started, slot.ready
+        slot.pid = None
+        slot.ready = False
+        slot.close_ready()
+        status = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+        if self.stopping:
+            log.info("worker exited", worker=slot.number, pid=pid, status=status)
+            return
+        log.warning("worker exited unexpectedly", worker=slot.number, pid=pid, status=status,
+                    uptime_s=round(uptime, 3))
+        if not self.booted and not was_ready:
+            log.error("worker failed to start; stopping", worker=slot.number)
+            self.exit_code = 1
+            self._stop("startup failure")
+            return
+        if uptime >= STABLE_AFTER:
+            slot.failures = 0
+        slot.failures += 1
+        delay = restart_delay(slot.failures)
+        if delay:
+            # Nobody accepts on this slot meanwhile: let the kernel use the other sockets.
+            slot.close_socks()
+            slot.restart_at = time.monotonic() + delay
+            log.warning("worker restarts after a delay", worker=slot.number, delay_s=delay,
+                        failures=slot.failures)
+        else:
+            self._spawn(slot)
+
+    def _restart_due(self) -> None:
+        now = time.monotonic()
+        for slot in self.slots:
+            if slot.pid is None and slot.restart_at is not None and slot.restart_at <= now:
+                self._spawn(slot)
+
+    def _signal(self, slot: Slot, signum: int) -> None:
+        if slot.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(slot.pid, signum)
+
+    # -- stop and reload ---------------------------------------------------
+
+    def _stop(self, reason: str) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        self.kill_at = time.monotonic() + self.drain_timeout + KILL_GRACE
+        for slot in self.slots:
+            slot.close_socks()  # no new connection is queued from now on
+            slot.restart_at = None
+            self._signal(slot, signal.SIGTERM)
+        log.info("draining", reason=reason, timeout_s=self.drain_timeout,
+                 workers=[s.pid for s in self.slots if s.pid is not None])
+
+    def _kill_stragglers(self) -> None:
+        if self.kill_at is None or time.monotonic() < self.kill_at:
+            return
+        self.kill_at = None
+        for slot in self.slots:
+            if slot.pid is not None:
+                log.warning("worker still running after the drain; killing it",
+                            worker=slot.number, pid=slot.pid)
+                self._signal(slot, signal.SIGKILL)
+
+    def _reload(self) -> None:
+        if self.stopping:
+            return
+        gateway = validate(self.reload)
+        if gateway is None:
+            return
+        warn_restart_only(self.gateway, gateway)
+        self.gateway = gateway
+        self.drain_timeout = gateway.config.gateway.drain_timeout
+        self.generation += 1
+        signalled = []
+        for slot in self.slots:
+            if slot.pid is not None and slot.ready:
+                self._signal(slot, signal.SIGHUP)
+                slot.generation = self.generation
+                signalled.append(slot.pid)
+        log.info("reload validated; workers signalled", workers=signalled)
+
+
+def run_worker(gateway: Gateway, host: str, port: int, socks: list[socket.socket],
+               ready_w: int, *, supervisor: int, reload: Loader) -> int:
+    """A worker's life: serve ``socks`` until SIGTERM (or the supervisor is gone); exit code."""
+
+    def ready(running: Running) -> None:
+        with contextlib.suppress(OSError):
+            os.write(ready_w, b"r")
+        os.close(ready_w)
+
+    async def watch_supervisor() -> None:
+        # Nothing to await: an orphan only learns it by asking for its parent.
+        while os.getppid() == supervisor:  # noqa: ASYNC110
+            await asyncio.sleep(PARENT_POLL)
+        log.warning("supervisor gone; draining")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    async def main() -> None:
+        watcher = asyncio.get_running_loop().create_task(watch_supervisor())
+        try:
+            await serve_forever(gateway, host, port, socks=socks, on_ready=ready, reload=reload)
+        finally:
+            watcher.cancel()
+
+    try:
+        asyncio.run(main())
+    except Exception as exc:
+        log.error("worker failed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+        return 1
+    return 0
