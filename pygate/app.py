@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import structlog
 
+from .aggregate import AggregatePlan, compile_plan
 from .config import Config, ConfigError, UpstreamConfig, is_url
 from .plugins import EMPTY_CHAIN, Chain, ChainBuilder, PluginSet, enabled_plugins, load_plugins
 from .plugins import route_settings as merge_route_settings
@@ -29,11 +30,13 @@ log = structlog.get_logger("pygate")
 
 @dataclass
 class RoutePlan:
-    """What the gateway attaches to a compiled route: its chain and its upstream."""
+    """What the gateway attaches to a compiled route: its chain and its upstream
+    (or, for an aggregate route, its compiled plan)."""
 
     chain: Chain
     upstream: Upstream | None
     preserve_host: bool = False
+    aggregate: AggregatePlan | None = None
 
 
 class Gateway:
@@ -150,12 +153,23 @@ def build_gateway(config: Config, extra_plugins: Mapping[str, Any] | None = None
                 upstream = upstreams[ref]
             else:
                 upstream = upstreams[ref]
+        aggregate = None
+        if route.config.aggregate is not None:
+            aggregate, found = compile_plan(route, lambda ref: _upstream_for(upstreams, ref))
+            issues.extend(found)
         route.payload = RoutePlan(chain=chain, upstream=upstream,
-                                  preserve_host=route.config.preserve_host)
+                                  preserve_host=route.config.preserve_host, aggregate=aggregate)
     issues.extend(_dedupe(builder.issues))
     if issues:
         raise ConfigError(config.source, issues)
     return Gateway(config, plugins, router, global_chain, upstreams)
+
+
+def _upstream_for(upstreams: dict[str, Upstream], ref: str) -> Upstream:
+    """The pool for an upstream name, or a single-target pool for a URL (made once)."""
+    if ref not in upstreams and is_url(ref):
+        upstreams[ref] = Upstream(ref, UpstreamConfig.model_validate({"targets": [ref]}))
+    return upstreams[ref]
 
 
 def _dedupe(items: list[Any]) -> list[Any]:

@@ -19,6 +19,7 @@ import click
 from multidict import CIMultiDict
 
 from . import __version__
+from .aggregate import describe as describe_aggregate
 from .app import Gateway, RoutePlan, build_gateway
 from .config import ConfigError, default_path, load, parse_listen, split_listen
 from .errors import GatewayError
@@ -64,23 +65,40 @@ def main() -> None:
               type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
 def serve(config_path: str | None, listen: str | None, workers: str | None,
           log_level: str) -> None:
-    """Validate the configuration, then serve until SIGTERM/SIGINT (graceful drain)."""
-    from .server import configure_logging, install_uvloop, serve_forever
+    """Validate the configuration, then serve until SIGTERM/SIGINT (graceful drain).
 
-    gateway = _load(config_path)
+    SIGHUP reloads the configuration file. With more than one worker, a
+    supervisor process runs the workers (pygate.workers).
+    """
+    from .server import configure_logging, install_uvloop, serve_forever
+    from .workers import Supervisor, worker_count
+
+    path = config_path or default_path()
+
+    def reload() -> Gateway:
+        return build_gateway(load(path))
+
+    gateway = _load(path)
     address = listen or gateway.config.gateway.listen
     try:
         parse_listen(address)
     except ValueError as exc:
         _fail(f"--listen: {exc}")
-    count = workers or gateway.config.gateway.workers
-    if str(count) not in ("1", "auto") and not str(count).isdigit():
-        _fail(f'--workers: expected a number >= 1 or "auto", found {count!r}')
+    try:
+        count = worker_count(workers if workers is not None else gateway.config.gateway.workers)
+    except ValueError as exc:
+        _fail(f"--workers: {exc}")
     host, port = split_listen(address)
     configure_logging(log_level)
     install_uvloop()
+    if count > 1:
+        try:
+            supervisor = Supervisor.bind(gateway, host, port, count, reload)
+        except OSError as exc:
+            _fail(f"cannot listen on {address}: {exc.strerror or exc}")
+        sys.exit(supervisor.run())
     try:
-        asyncio.run(serve_forever(gateway, host, port))
+        asyncio.run(serve_forever(gateway, host, port, reload=reload))
     except OSError as exc:
         _fail(f"cannot listen on {address}: {exc.strerror or exc}")
     except KeyboardInterrupt:
@@ -190,8 +208,8 @@ def explain(config_path: str | None, headers: tuple[str, ...], method: str, url:
         targets = ", ".join(t.label for t in upstream.targets)
         click.echo(f"upstream: {upstream.name} ({upstream.config.balancer}: {targets})")
         click.echo(f"forwarded as: {method} {sent}")
-    elif cfg.aggregate is not None:
-        click.echo(f"aggregate: calls {', '.join(cfg.aggregate.calls)} "
-                   f"(timeout {cfg.aggregate.timeout}s)")
+    elif plan.aggregate is not None:
+        for line in describe_aggregate(plan.aggregate, match.params, query, request_headers):
+            click.echo(line)
     elif cfg.graphql is not None:
         click.echo(f"graphql: schema {cfg.graphql.schema_}")

@@ -18,6 +18,7 @@ import structlog
 from aiohttp import web
 from multidict import CIMultiDict
 
+from .aggregate import Transform, call_headers, execute
 from .app import Gateway, RoutePlan
 from .context import Context, RouteInfo, UpstreamRequest
 from .errors import (
@@ -77,12 +78,22 @@ async def transform(chain: Chain, request: web.BaseRequest, ctx: Context,
         await call_step(step, "transform_request", (request, ctx, upstream_request), ctx)
 
 
+class InFlight:
+    """How many requests are being handled on one gateway (a reload waits for zero)."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
 class Pipeline:
     """Binds a :class:`Gateway` to the aiohttp low-level server's handler."""
 
     def __init__(self, gateway: Gateway) -> None:
         self.gw = gateway
         self.in_flight = 0  # requests being handled, for the drain
+        self.on_gw = InFlight()  # those of them that run on self.gw, for a reload
         self._log_tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -92,12 +103,26 @@ class Pipeline:
             loop = self.__dict__["loop"] = asyncio.get_running_loop()
         return loop
 
+    def switch(self, gateway: Gateway) -> InFlight:
+        """Handle new requests with ``gateway`` (a reload); the old gateway's in-flight count.
+
+        A request keeps the gateway it started with to its end.
+        """
+        previous = self.on_gw
+        self.gw = gateway
+        self.on_gw = InFlight()
+        return previous
+
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        # _handle reads self.gw before its first await: the gateway counted here.
+        on_gw = self.on_gw
         self.in_flight += 1
+        on_gw.count += 1
         try:
             return await self._handle(request)
         finally:
             self.in_flight -= 1
+            on_gw.count -= 1
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         gw = self.gw
@@ -229,7 +254,7 @@ class Pipeline:
                     path: str, query: str, forwarded_for: str, trusted: bool
                     ) -> tuple[web.StreamResponse, Streamer | None]:
         """Forward the request to the route's upstream; stream the answer back."""
-        gw = self.gw
+        gw: Gateway = ctx.app  # the request's own gateway, even after a reload
         upstream = plan.upstream
         assert upstream is not None
         ctx.upstream = upstream.name
@@ -243,6 +268,12 @@ class Pipeline:
         )
         if plan.chain.transform_request:
             await transform(plan.chain, request, ctx, upstream_request)
+        if "Upgrade" in request.headers:
+            from .upstream import websocket
+
+            if websocket.is_upgrade(request):  # authenticated and admitted: upgrade now
+                return await websocket.connect(request, ctx, upstream, upstream_request, gw,
+                                               deadline=self._loop.time() + gw.timeout)
         length = request.content_length
         if length is not None and length > gw.max_body:
             raise PayloadTooLarge("request body exceeds the gateway's max_body")
@@ -254,8 +285,44 @@ class Pipeline:
 
     async def compose(self, request: web.BaseRequest, ctx: Context, plan: RoutePlan,
                       query: str, forwarded_for: str, trusted: bool) -> web.StreamResponse:
-        """Aggregate and GraphQL routes: the response is built by the gateway."""
-        raise NotFound("this kind of route is not served by this version of pygate")
+        """Aggregate routes: the calls' results composed into one JSON body.
+
+        The ``aggregate`` hooks may replace the composed body (the first non-None
+        body wins); without one, pygate's composition is sent. GraphQL routes are
+        not served by this version.
+        """
+        calls = plan.aggregate
+        if calls is None:
+            raise NotFound("this kind of route is not served by this version of pygate")
+        chain = plan.chain
+        transformer: Transform | None = None
+        if chain.transform_request:
+            async def transformer(upstream_request: UpstreamRequest, call_ctx: Context) -> None:
+                await transform(chain, request, call_ctx, upstream_request)
+        assert ctx.route is not None
+        gw: Gateway = ctx.app  # the request's own gateway, even after a reload
+        composed = await execute(
+            calls, request, ctx, params=ctx.route.params, query=query,
+            headers=call_headers(request, ctx, forwarded_for, trusted),
+            transform=transformer,
+            fork_ctx=any(step.is_async for step in chain.transform_request),
+            deadline=self._loop.time() + min(calls.timeout, gw.timeout),
+            max_body=gw.max_body)
+        body: Any = composed.body
+        shaper = None
+        for step in chain.aggregate:
+            shaped = await call_step(step, "aggregate", (request, ctx, body), ctx)
+            if shaped is not None:
+                body, shaper = shaped, step.plugin
+                break
+        try:
+            return composed.response(body)
+        except (TypeError, ValueError) as exc:  # a plugin's body that is not JSON
+            if shaper is None:
+                raise
+            log.error("plugin raised", plugin=shaper, hook="aggregate",
+                      request_id=ctx.request_id, error=f"{type(exc).__name__}: {exc}")
+            raise PluginFailure(shaper, "aggregate") from exc
 
     def _schedule_log(self, chain: Chain, ctx: Context) -> None:
         record = access_record(ctx)
