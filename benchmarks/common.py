@@ -280,6 +280,51 @@ def nginx_upstream(workdir: Path, cpu: int, nginx: str | None = None) -> Iterato
         process.stop()
 
 
+def _location_blocks(locations: Mapping[str, str]) -> str:
+    blocks = []
+    for path, body in locations.items():
+        if "'" in body or "\\" in body:
+            raise BenchError(f"nginx location {path}: the body may not hold ' or \\")
+        blocks.append(
+            f"        location = {path} {{\n"
+            "            default_type application/json;\n"
+            f"            return 200 '{body}';\n"
+            "        }\n"
+        )
+    return "".join(blocks)
+
+
+@contextlib.contextmanager
+def nginx_json_upstream(
+    workdir: Path, cpu: int, locations: Mapping[str, str], nginx: str | None = None
+) -> Iterator[str]:
+    """Run nginx answering each exact path of ``locations`` with its JSON body (404 elsewhere).
+
+    The same nginx as :func:`nginx_upstream` (one worker, keep-alive, pinned to ``cpu``);
+    yields its base URL without a trailing slash.
+    """
+    port = free_port()
+    conf = workdir / "nginx.conf"
+    text = NGINX_CONF.format(dir=workdir, port=port, body=UPSTREAM_BODY)
+    text, count = re.subn(
+        r"        location / \{.*?\n        \}\n", lambda _: _location_blocks(locations), text,
+        flags=re.S,
+    )
+    if count != 1:
+        raise BenchError("cannot place the locations in the nginx configuration")
+    conf.write_text(text)
+    binary = nginx or find_tool("nginx") or "nginx"
+    command = [binary, "-p", str(workdir), "-e", str(workdir / "nginx-error.log"), "-c", str(conf)]
+    process = Process("nginx", pinned(cpu, command), workdir / "nginx.out", {})
+    try:
+        base = f"http://127.0.0.1:{port}"
+        path, body = next(iter(locations.items()))
+        wait_until_answers("nginx", base + path, 200, body.encode(), process=process)
+        yield base
+    finally:
+        process.stop()
+
+
 # ---------------------------------------------------------------------------
 # wrk
 
@@ -647,3 +692,109 @@ def aiohttp_peer_contender(
     listen = f"127.0.0.1:{port}"
     command = [sys.executable, str(script), "--listen", listen, "--upstream", upstream]
     return Contender(name, f"http://{listen}{path}", command, note=note)
+
+
+# ---------------------------------------------------------------------------
+# Requests with headers; a Redis for the contenders
+
+
+@dataclass(frozen=True)
+class HeaderWrkOptions(WrkOptions):
+    """:class:`WrkOptions` that send ``headers`` with every request (``wrk -H``).
+
+    ``shown`` gives what :meth:`describe` prints instead of a header's value (a
+    bearer token is long and says nothing). Build it from the parsed options with
+    :meth:`from_options`; :func:`measure` and :func:`run_wrk` take it as they are.
+    """
+
+    headers: tuple[tuple[str, str], ...] = ()
+    shown: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def from_options(
+        cls,
+        options: WrkOptions,
+        headers: Mapping[str, str],
+        shown: Mapping[str, str] | None = None,
+    ) -> HeaderWrkOptions:
+        return cls(
+            options.duration,
+            options.connections,
+            options.threads,
+            options.rounds,
+            options.warmup,
+            headers=tuple(headers.items()),
+            shown=tuple((shown or {}).items()),
+        )
+
+    def command(self, url: str, duration: int | None = None) -> list[str]:
+        base = super().command(url, duration)
+        extra: list[str] = []
+        for name, value in self.headers:
+            extra += ["-H", f"{name}: {value}"]
+        return [*base[:-1], *extra, base[-1]]
+
+    def describe(self) -> str:
+        shown = dict(self.shown)
+        parts = super().command("URL")
+        for name, value in self.headers:
+            parts[-1:-1] = ["-H", f"'{name}: {shown.get(name, value)}'"]
+        return " ".join(parts)
+
+
+def wait_for_redis(port: int, timeout: float = 10.0, process: Process | None = None) -> None:
+    """Poll ``PING`` on 127.0.0.1:``port`` until Redis answers ``+PONG``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.popen.poll() is not None:
+            raise BenchError(f"redis-server exited early:\n{process.output_tail()}")
+        with contextlib.suppress(OSError):
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as conn:
+                conn.sendall(b"PING\r\n")
+                if conn.recv(16).startswith(b"+PONG"):
+                    return
+        time.sleep(0.05)
+    raise BenchError(f"redis-server did not answer PING on port {port} within {timeout:.0f}s")
+
+
+@contextlib.contextmanager
+def redis_server(workdir: Path, cpu: int, executable: str | None = None) -> Iterator[str]:
+    """Run ``redis-server`` (no persistence, loopback, a free port, pinned to ``cpu``).
+
+    Yields its URL, ``redis://127.0.0.1:PORT/0``. Raises :class:`BenchError` when
+    ``redis-server`` is not installed; check with ``find_tool("redis-server")`` first
+    to make Redis optional.
+    """
+    binary = executable or find_tool("redis-server")
+    if binary is None:
+        raise BenchError("redis-server is not installed")
+    port = free_port()
+    folder = workdir / "redis"
+    folder.mkdir(exist_ok=True)
+    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+               "--appendonly", "no", "--dir", str(folder), "--loglevel", "warning"]
+    process = Process("redis", pinned(cpu, command), workdir / "redis.out", {})
+    try:
+        wait_for_redis(port, process=process)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.stop()
+
+
+def ratio_table(results: Sequence[Result], pairs: Sequence[tuple[str, str, str]]) -> str:
+    """A Markdown table of ``subject / baseline`` ratios, one row per ``(label, subject,
+    baseline)``: requests/s (higher is better), p50 and p99 (lower is better). A pair
+    with a contender that was not run says so."""
+    by_name = {r.name: r for r in results}
+    rows = ["| ratio | requests/s | p50 | p99 |", "| --- | ---: | ---: | ---: |"]
+    for label, subject, baseline in pairs:
+        a, b = by_name.get(subject), by_name.get(baseline)
+        if a is None or b is None:
+            missing = subject if a is None else baseline
+            rows.append(f"| {label} | not measured ({missing} was not run) | | |")
+            continue
+        rows.append(
+            f"| {label} | **{a.requests_per_sec / b.requests_per_sec:.2f}x** | "
+            f"{a.p50_ms / b.p50_ms:.2f}x | {a.p99_ms / b.p99_ms:.2f}x |"
+        )
+    return "\n".join(rows)
