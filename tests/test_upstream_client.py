@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp import web
 
+from pygate.testing import free_port
 from pygate.upstream.client import (
     ConnectError,
     Disconnected,
@@ -16,7 +17,6 @@ from pygate.upstream.client import (
     ReadTimeout,
     build_head,
 )
-from pygate.testing import free_port
 
 
 async def serve(app: web.Application) -> tuple[web.AppRunner, int]:
