@@ -1,7 +1,8 @@
-"""Upstream pools: targets, their HTTP client session, and the choice of a target.
+"""Upstream pools: targets, their connections, and the choice of a target.
 
-Each upstream owns one aiohttp ``ClientSession`` with a bounded keep-alive
-connection pool and the upstream's timeouts, a balancer built once from the
+Each target owns a bounded keep-alive connection pool (:mod:`.client`) for
+HTTP calls; each upstream also owns one aiohttp ``ClientSession`` for
+WebSockets and health checks, a balancer built once from the
 configuration (:mod:`.balancer`), and the health of its targets
 (:mod:`.health`: active checks started and stopped with the gateway, and the
 passive breaker fed by :func:`.forward.send`). :meth:`Upstream.pick` chooses a
@@ -24,6 +25,7 @@ from ..config import UpstreamConfig
 from ..context import Context
 from ..errors import ServiceUnavailable
 from .balancer import Balancer, make_balancer
+from .client import Pool
 from .health import CLOSED, Breaker, HealthChecker
 
 log = structlog.get_logger("pygate")
@@ -45,6 +47,7 @@ class Target:
     active: int = 0
     label: str = field(default="")
     breaker: Breaker | None = None
+    pool: Pool | None = None  # keep-alive connections for HTTP calls, open while started
 
     def __post_init__(self) -> None:
         self.label = self.label or str(self.url)
@@ -105,12 +108,24 @@ class Upstream:
             skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
             read_bufsize=2**16,
         )
+        for target in self.targets:
+            url = target.url
+            target.pool = Pool(
+                url.scheme, url.raw_host or "", url.port or (443 if url.scheme == "https" else 80),
+                limit=self.config.max_connections,
+                connect_timeout=self.config.connect_timeout,
+                read_timeout=self.config.read_timeout,
+            )
         if self.checker is not None:
             self.checker.start(self.session)
 
     async def close(self) -> None:
         if self.checker is not None:
             await self.checker.stop()
+        for target in self.targets:
+            if target.pool is not None:
+                await target.pool.close()
+                target.pool = None
         if self.session is not None:
             await self.session.close()
             self.session = None

@@ -20,7 +20,7 @@ import asyncio
 import collections
 import ssl
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import httptools
@@ -66,6 +66,7 @@ class UpstreamResponse:
         "_waiter",
         "content_length",
         "headers",
+        "on_release",
         "reason",
         "status",
     )
@@ -82,6 +83,8 @@ class UpstreamResponse:
         self._size = 0
         self._done = False
         self._waiter: asyncio.Future[None] | None = None
+        # called once when the response is released or closed (in-flight accounting)
+        self.on_release: Callable[[], None] | None = None
 
     # -- fed by the connection -------------------------------------------------
     def _feed(self, data: bytes) -> None:
@@ -147,6 +150,12 @@ class UpstreamResponse:
             return
         self._conn = None
         conn.done_with(reusable=self._done)
+        self._released()
+
+    def _released(self) -> None:
+        callback, self.on_release = self.on_release, None
+        if callback is not None:
+            callback()
 
     def close(self) -> None:
         """Drop the connection (an unfinished body or a client that went away)."""
@@ -155,6 +164,7 @@ class UpstreamResponse:
             return
         self._conn = None
         conn.done_with(reusable=False)
+        self._released()
 
 
 class Connection(asyncio.Protocol):
@@ -180,8 +190,7 @@ class Connection(asyncio.Protocol):
 
     # -- asyncio.Protocol ------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
 
     def data_received(self, data: bytes) -> None:
         self._received = True

@@ -12,6 +12,7 @@ about the upstream's address reaches the client.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -31,6 +32,14 @@ from ..errors import (
 )
 from ..sanitize import strip_hop_by_hop
 from . import Target, Upstream
+from .client import (
+    ConnectError,
+    ConnectTimeout,
+    Disconnected,
+    ProtocolError,
+    UpstreamError,
+    UpstreamResponse,
+)
 
 log = structlog.get_logger("pygate")
 
@@ -88,7 +97,7 @@ async def send(
     deadline: float,
     data: object = None,
     body: BodyLimit | None = None,
-) -> aiohttp.ClientResponse:
+) -> UpstreamResponse:
     """One upstream call with retries; the response's headers have arrived when it returns.
 
     The target comes from the upstream's balancer. Idempotent requests whose
@@ -106,30 +115,30 @@ async def send(
         request with one is never retried (its body is consumed).
     :raise GatewayError: 502, 503 or 504 as PRODUCT.md section 4 says.
     """
-    session = upstream.session
-    assert session is not None, "upstream used before the gateway started"
     headers = upstream_request.headers
+    if isinstance(data, str):
+        data = data.encode()
+    elif isinstance(data, bytearray | memoryview):
+        data = bytes(data)
     method = upstream_request.method
     retries = upstream.retries if (
         method in IDEMPOTENT and body is None and _replayable(data)) else 0
     target = upstream.pick(ctx, headers=headers)
     tried: list[Target] = []
+    query = upstream_request.query
+    path = f"{upstream_request.path}?{query}" if query else upstream_request.path
     while True:
         ctx.target = target.label
+        pool = target.pool
+        assert pool is not None, "upstream used before the gateway started"
         target.active += 1
-        response: aiohttp.ClientResponse | None = None
+        response: UpstreamResponse | None = None
         error: GatewayError | None = None
         timer = asyncio.timeout_at(deadline)
         try:
             async with timer:
-                response = await session.request(
-                    method,
-                    target_url(target, upstream_request),
-                    headers=headers,
-                    data=data,
-                    allow_redirects=False,
-                )
-        except (aiohttp.ClientError, TimeoutError, GatewayError) as exc:
+                response = await pool.request(method, path, headers.items(), data)  # type: ignore[arg-type]
+        except Exception as exc:
             target.active -= 1
             error, retryable, blame = _classify(exc, upstream, body, timer.expired())
             if blame is None:
@@ -142,11 +151,7 @@ async def send(
             upstream.abandoned(target, ctx)
             raise
         else:
-            connection = response.connection
-            if connection is None:  # no body, or read already: released
-                target.active -= 1
-            else:
-                connection.add_callback(target.finished)
+            response.on_release = target.finished
             status = response.status
             if status not in FAILED_STATUSES:
                 upstream.succeeded(target, ctx)
@@ -172,7 +177,7 @@ async def send(
 
 
 def _replayable(data: object) -> bool:
-    return data is None or isinstance(data, bytes | bytearray | memoryview | str)
+    return data is None or isinstance(data, bytes)
 
 
 def _retry_target(upstream: Upstream, ctx: Context, headers: CIMultiDict[str],
@@ -203,15 +208,17 @@ def _classify(exc: BaseException, upstream: Upstream, body: BodyLimit | None, ex
         return exc, False, None
     if expired:
         return GatewayTimeout(f"{name} did not answer in time"), False, "timed out"
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+    if isinstance(exc, ConnectTimeout):
         return GatewayTimeout(f"{name} did not accept the connection in time"), True, \
             "connect timeout"
     if isinstance(exc, TimeoutError):
         return GatewayTimeout(f"{name} did not answer in time"), False, "read timeout"
-    if isinstance(exc, aiohttp.ClientSSLError):
-        return BadGateway(f"{name} failed the TLS handshake"), False, "TLS handshake failed"
-    if isinstance(exc, aiohttp.ClientConnectorError):
+    if isinstance(exc, ConnectError):
+        if isinstance(exc.__cause__, ssl.SSLError):
+            return BadGateway(f"{name} failed the TLS handshake"), False, "TLS handshake failed"
         return BadGateway(f"{name} refused the connection"), True, "connection refused"
+    if isinstance(exc, ValueError):  # a plugin set a header value with a line break
+        return GatewayError("an outgoing header was invalid", status=500), False, None
     if body is not None and body.exceeded:
         return PayloadTooLarge("request body exceeds the gateway's max_body"), False, None
     cause = exc.__cause__
@@ -220,8 +227,7 @@ def _classify(exc: BaseException, upstream: Upstream, body: BodyLimit | None, ex
     if body is not None and body.reader.exception() is not None:
         return BadGateway(f"{name} failed: the request body was cut"), False, None
     reason = _reason(exc)
-    retryable = isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError
-                           | aiohttp.ClientConnectionResetError)
+    retryable = isinstance(exc, Disconnected | ConnectionError)
     return BadGateway(f"{name} failed: {reason}"), retryable, reason
 
 
@@ -251,7 +257,7 @@ async def exchange(
     except ClientGone:
         raise GatewayError("the client closed the connection", status=499) from None
 
-    headers = CIMultiDict(response.headers)
+    headers = response.headers
     strip_hop_by_hop(headers)
     headers["X-Request-ID"] = ctx.request_id
     length = response.content_length
@@ -279,7 +285,7 @@ async def exchange(
                 await sent.write(chunk)
             else:
                 with ClientWatch(request):
-                    async for chunk in response.content.iter_any():
+                    async for chunk in response:
                         total += len(chunk)
                         ctx.bytes_out = total
                         await sent.write(chunk)
@@ -289,7 +295,7 @@ async def exchange(
             ctx.error = "client disconnected"
             response.close()
             return
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (UpstreamError, TimeoutError) as exc:
             # The status line is out: the only honest signal left is a cut connection.
             ctx.error = f"upstream failed mid-body: {_reason(exc)}"
             response.close()
@@ -302,34 +308,34 @@ async def exchange(
     return out, stream
 
 
-async def _read_up_to(response: aiohttp.ClientResponse, limit: int
+async def _read_up_to(response: UpstreamResponse, limit: int
                       ) -> tuple[bytes | None, list[bytes]]:
     """The whole body when it is at most ``limit`` bytes, else ``(None, chunks read)``."""
     chunks: list[bytes] = []
     size = 0
     try:
-        async for chunk in response.content.iter_any():
+        async for chunk in response:
             chunks.append(chunk)
             size += len(chunk)
             if size > limit:
                 return None, chunks
-    except (aiohttp.ClientError, TimeoutError) as exc:
+    except (UpstreamError, TimeoutError) as exc:
         response.close()
         raise BadGateway(f"upstream failed mid-body: {_reason(exc)}") from None
     return b"".join(chunks), []
 
 
 def _reason(exc: BaseException) -> str:
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "connection closed without a response"
-    if isinstance(exc, aiohttp.ClientOSError | aiohttp.ClientConnectionResetError):
+    if isinstance(exc, Disconnected):
+        return "connection closed without a complete response"
+    if isinstance(exc, ConnectionError | aiohttp.ClientConnectionResetError):
         return "connection reset"
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        return "malformed body"
-    if isinstance(exc, aiohttp.ClientResponseError):
+    if isinstance(exc, ProtocolError):
         return "malformed response"
     if isinstance(exc, TimeoutError):
         return "timed out"
+    if isinstance(exc, UpstreamError):
+        return exc.reason
     return type(exc).__name__
 
 

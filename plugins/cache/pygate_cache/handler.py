@@ -82,38 +82,18 @@ async def admit(request: web.BaseRequest, ctx: Context) -> web.StreamResponse | 
         _go_upstream(ctx, pending, config)
         return None
 
-    try:
-        entry = await cache.store.get(key, request.headers)
-    except BackendError as error:
-        cache.failed(error, "get")
-        pending.status = BYPASS
-        pending.store = False  # the store would fail again, and cost another timeout
-        return None
-    cache.ok()
-    now = time.time()
-    if entry is not None:
-        if rules.max_age is None or entry.age(now) <= rules.max_age:
-            return answer(request, pending, entry, now)
-        pending.status = BYPASS  # older than the client accepts: fetch and store afresh
-        _go_upstream(ctx, pending, config)
-        return None
-
+    # One flight per key covers the store lookup too: while a request for this key
+    # is looking up or fetching, the others wait for its answer instead of racing
+    # it (a lookup that started before the leader stored would miss and fetch again).
+    # A HEAD (no body to store), a Range or a conditional request (likely answered
+    # 206 or 304, which waiters could not use) waits for a flight but leads none.
     flights = cache.flights
-    if method == "GET" and not _partial_or_conditional(request):
-        lead, future = flights.join_or_lead(key)
-        if lead:
-            pending.flight = future
+    future = flights.waiting(key)
+    if future is None:
+        if method == "GET" and not _partial_or_conditional(request):
+            _, pending.flight = flights.join_or_lead(key)
             _guard(pending)
-            _go_upstream(ctx, pending, config)
-            return None
-    else:
-        # A HEAD (no body to store), a Range or a conditional request (likely answered
-        # 206 or 304, which waiters could not use) waits for a flight but leads none.
-        found = flights.waiting(key)
-        if found is None:
-            _go_upstream(ctx, pending, config)
-            return None
-        future = found
+        return await _look_up(request, ctx, pending, cache, config, rules.max_age)
     wait_s = float(getattr(ctx.app, "timeout", 30.0)) + WAIT_MARGIN_S
     shared = await flights.wait(future, asyncio.get_running_loop().time() + wait_s)
     if shared is not None:
@@ -121,6 +101,31 @@ async def admit(request: web.BaseRequest, ctx: Context) -> web.StreamResponse | 
         if not entry.vary or variant(entry.vary, request.headers) == digest:
             return answer(request, pending, entry, time.time())
     _go_upstream(ctx, pending, config)  # the leader failed: go ourselves
+    return None
+
+
+async def _look_up(request: web.BaseRequest, ctx: Context, pending: Pending, cache: Cache,
+                   config: CacheConfig, max_age: int | None) -> web.StreamResponse | None:
+    """The store lookup of a request that leads its key's flight (or leads none)."""
+    try:
+        entry = await cache.store.get(pending.key, request.headers)
+    except BackendError as error:
+        cache.failed(error, "get")
+        pending.status = BYPASS
+        pending.store = False  # the store would fail again, and cost another timeout
+        _end_flight(pending)  # waiters go upstream themselves
+        return None
+    cache.ok()
+    now = time.time()
+    if entry is not None:
+        if max_age is None or entry.age(now) <= max_age:
+            if pending.flight is not None:
+                digest = variant(entry.vary, request.headers) if entry.vary else ""
+                cache.flights.settle(pending.flight, (entry, digest))
+                _end_flight(pending)
+            return answer(request, pending, entry, now)
+        pending.status = BYPASS  # older than the client accepts: fetch and store afresh
+    _go_upstream(ctx, pending, config)
     return None
 
 
