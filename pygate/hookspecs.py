@@ -143,7 +143,8 @@ def log(ctx: Context, record: dict[str, Any]) -> None:
     :param ctx: the request context.
     :param record: the access record: time, request_id, method, path, route,
         upstream, target, status, duration_ms, bytes_in, bytes_out, client_ip,
-        consumer, error.
+        consumer, error, query (the raw query string: redact before writing it),
+        cache (the response's X-Cache header, or None).
     :return: nothing. The call is scheduled after the response; it never delays
         the client, and an exception is logged, never raised.
     """

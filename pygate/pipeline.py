@@ -138,7 +138,9 @@ class Pipeline:
         hops = headers.getall("X-Forwarded-For", None)  # several lines are one list
         ctx.client_ip, forwarded_for, trusted = gw.forwarded.resolve(
             request.remote or "", ", ".join(hops) if hops else None)
-        chain: Chain | None = None
+        # Until a route is known (a path refused before routing), the global chain's
+        # post_response and log hooks see the request.
+        chain: Chain | None = gw.global_chain
         stream: Streamer | None = None
         response: web.StreamResponse | None = None
         close = False
@@ -228,7 +230,7 @@ class Pipeline:
             response.force_close()
         await self._send(request, response, stream, ctx)
         if chain is not None and chain.log:
-            self._schedule_log(chain, ctx)
+            self._schedule_log(chain, ctx, request, response)
         return response
 
     async def _send(self, request: web.BaseRequest, response: web.StreamResponse,
@@ -324,11 +326,24 @@ class Pipeline:
                       request_id=ctx.request_id, error=f"{type(exc).__name__}: {exc}")
             raise PluginFailure(shaper, "aggregate") from exc
 
-    def _schedule_log(self, chain: Chain, ctx: Context) -> None:
+    def _schedule_log(self, chain: Chain, ctx: Context, request: web.BaseRequest,
+                      response: web.StreamResponse) -> None:
+        """Run the log hooks after this handler returns: plain functions in a loop
+        callback, coroutines in a task (tracked so a shutdown can wait for them)."""
         record = access_record(ctx)
-        task = asyncio.get_running_loop().create_task(run_log_hooks(chain, ctx, record))
+        record["query"] = request.query_string
+        record["cache"] = response.headers.get("X-Cache")
+        if chain.log_is_sync:
+            self._loop.call_soon(run_sync_log_hooks, chain, ctx, record)
+            return
+        task = self._loop.create_task(run_log_hooks(chain, ctx, record))
         self._log_tasks.add(task)
         task.add_done_callback(self._log_tasks.discard)
+
+    async def wait_for_logs(self) -> None:
+        """Let scheduled log hooks finish (before the gateway's plugins shut down)."""
+        if self._log_tasks:
+            await asyncio.wait(list(self._log_tasks), timeout=5)
 
 
 def outgoing_headers(request: web.BaseRequest, ctx: Context, forwarded_for: str,
@@ -371,6 +386,18 @@ def access_record(ctx: Context) -> dict[str, Any]:
         "consumer": identity.get("consumer") if identity else None,
         "error": ctx.error,
     }
+
+
+def run_sync_log_hooks(chain: Chain, ctx: Context, record: dict[str, Any]) -> None:
+    for step in chain.log:
+        ctx.config = step.config
+        try:
+            step.func(*((ctx, record) if step.args is None else
+                        tuple((ctx, record)[i] for i in step.args)))
+        except Exception as exc:  # a log hook never fails a request
+            log.error("plugin raised", plugin=step.plugin, hook="log",
+                      request_id=ctx.request_id, error=f"{type(exc).__name__}: {exc}",
+                      exc_info=exc)
 
 
 async def run_log_hooks(chain: Chain, ctx: Context, record: dict[str, Any]) -> None:

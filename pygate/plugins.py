@@ -15,6 +15,7 @@ import json
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from importlib import metadata
 from typing import Any
 
@@ -51,6 +52,11 @@ class Chain:
     aggregate: tuple[Step, ...] = ()
     post_response: tuple[Step, ...] = ()  # reverse priority order
     log: tuple[Step, ...] = ()
+
+    @cached_property
+    def log_is_sync(self) -> bool:
+        """Every log hook is a plain function (run in a loop callback, no task)."""
+        return not any(step.is_async for step in self.log)
 
 
 EMPTY_CHAIN = Chain()

@@ -128,6 +128,7 @@ class Running:
             _, pending = await asyncio.wait(retiring, timeout=RETIRED_STOP_WITHIN)
             for task in pending:
                 task.cancel()
+        await self.pipeline.wait_for_logs()  # access lines of the last requests
         await self.gateway.stop()
 
     async def drain(self, within: float) -> None:

@@ -235,3 +235,23 @@ def test_plugins_command_lists_installed_plugins_as_json():
     assert isinstance(listed, list)
     for entry in listed:
         assert {"name", "version", "distribution", "hooks"} <= set(entry)
+
+
+async def test_requests_refused_before_routing_reach_global_log_and_post_response(
+        pygate_gateway, fake_upstream):
+    upstream = await fake_upstream()
+    example_plugin.seen.clear()
+    gateway = await pygate_gateway({"plugins": {"stamp": {}}, "routes": [route(upstream.url)]},
+                                   plugins={"stamp": example_plugin})
+    from yarl import URL
+
+    async with gateway.session.get(URL(gateway.url + "/a/%2F/b", encoded=True)) as response:
+        assert response.status == 400
+        assert response.headers["X-Stamped"] == "yes"
+    for _ in range(50):
+        if example_plugin.seen:
+            break
+        await asyncio.sleep(0.01)
+    record = example_plugin.seen[-1]
+    assert (record["status"], record["route"]) == (400, None)
+    assert upstream.requests == []

@@ -203,20 +203,22 @@ class JwtConfig(BaseModel):
         return self
 
     # -- what the request path reads --
+    # (private attributes are read from ``__pydantic_private__`` directly: pydantic's
+    # own attribute lookup for them costs microseconds per read)
 
     @property
     def static_key(self) -> bytes | PublicKey | None:
         """The HMAC secret or public key; ``None`` when keys come from ``jwks_url``."""
-        return self._key
+        return self.__pydantic_private__["_key"]  # type: ignore[index]
 
     @property
     def token_cache(self) -> TokenCache:
-        return self._cache
+        return self.__pydantic_private__["_cache"]  # type: ignore[index]
 
     @property
     def jwks(self) -> Any:
         """The :class:`pygate_jwt.jwks.JwksCache` bound by ``startup`` (``jwks_url`` only)."""
-        return self._jwks
+        return self.__pydantic_private__["_jwks"]  # type: ignore[index]
 
     def bind_jwks(self, jwks: Any) -> None:
         self._jwks = jwks

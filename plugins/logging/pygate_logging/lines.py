@@ -149,7 +149,7 @@ def access_fields(record: Mapping[str, Any], *, target: str | None, cache: str |
     if headers is not None:
         fields["headers"] = headers
     for key in record:
-        if key not in fields:
+        if key not in fields and key != "query":  # the query is in "path", redacted
             fields[key] = record[key]
     return fields
 
