@@ -114,124 +114,134 @@ class Pipeline:
         return previous
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        # _handle reads self.gw before its first await: the gateway counted here.
+        """The aiohttp handler: one request, start to finish (the whole story is here)."""
+        # self.gw is read before the first await: the gateway counted is the one used.
         on_gw = self.on_gw
         self.in_flight += 1
         on_gw.count += 1
         try:
-            return await self._handle(request)
+            gw = self.gw
+            headers = request.headers
+            ctx = Context(
+                request_id=request_id(headers.get("X-Request-ID")),
+                client_ip="",
+                method=request.method,
+                path=request.raw_path,
+                start=time.monotonic(),
+            )
+            ctx.app = gw
+            hops = headers.getall("X-Forwarded-For", None)  # several lines are one list
+            ctx.client_ip, forwarded_for, trusted = gw.forwarded.resolve(
+                request.remote or "", ", ".join(hops) if hops else None)
+            # Until a route is known (a path refused before routing), the global chain's
+            # post_response and log hooks see the request.
+            chain: Chain | None = gw.global_chain
+            stream: Streamer | None = None
+            response: web.StreamResponse | None = None
+            close = False
+            try:
+                if "Content-Length" in headers or "Transfer-Encoding" in headers:
+                    try:
+                        check_framing(headers)
+                    except GatewayError:
+                        close = True  # the body's framing is in doubt: read nothing more
+                        raise
+                path, encoded, query = normalize_path(request.raw_path)
+                ctx.path = path
+                host = host_of(headers)
+                match = gw.router.match(request.method, path, host, headers)
+                route = match.route
+                if route is None:
+                    # pre_route still runs (CORS preflight on a GET-only route), then 404/405
+                    tentative = gw.router.lookup(path, host, headers)
+                    chain = tentative.payload.chain if tentative is not None else gw.global_chain
+                    if tentative is not None:
+                        ctx.route = RouteInfo(tentative.name, {})
+                    response = await first_response(chain.pre_route, "pre_route", request, ctx)
+                    if response is None:
+                        if match.allowed:
+                            raise MethodNotAllowed(
+                                f"method {request.method} is not allowed on this route",
+                                headers={"Allow": ", ".join(sorted(match.allowed))})
+                        raise NotFound("no route matches this request")
+                else:
+                    plan: RoutePlan = route.payload
+                    chain = plan.chain
+                    ctx.route = RouteInfo(route.name, match.params)
+                    if chain.pre_route:
+                        response = await first_response(chain.pre_route, "pre_route", request, ctx)
+                    if response is None and chain.authenticate:
+                        for step in chain.authenticate:
+                            identity = await call_step(step, "authenticate", (request, ctx), ctx)
+                            if identity is not None:
+                                ctx.identity = identity
+                                break
+                    if response is None and chain.admit:
+                        response = await first_response(chain.admit, "admit", request, ctx)
+                    if response is None:
+                        if plan.upstream is not None:
+                            # proxy: built here rather than in a helper coroutine, so that
+                            # each resume of the upstream wait crosses one frame fewer
+                            upstream_request = self.upstream_request(
+                                request, ctx, plan,
+                                route.upstream_path(path, encoded, match.params),
+                                query, forwarded_for, trusted)
+                            if chain.transform_request:
+                                await transform(chain, request, ctx, upstream_request)
+                            if "Upgrade" in headers or "Expect" in headers:
+                                response, stream = await self.proxy_special(
+                                    request, ctx, plan, upstream_request)
+                            else:
+                                response, stream = await exchange(
+                                    request, ctx, plan.upstream, upstream_request,
+                                    max_body=gw.max_body, deadline=self._loop.time() + gw.timeout)
+                        else:
+                            response = await self.compose(request, ctx, plan, query, forwarded_for,
+                                                          trusted)
+            except GatewayError as error:
+                response = from_error(error, request_id=ctx.request_id,
+                                      route=ctx.route.name if ctx.route else None)
+                ctx.error = error.detail
+                close = close or error.status == 413  # do not drain a refused body
+            except PluginFailure as failure:
+                response = self._internal_error(ctx)
+                ctx.error = str(failure)
+            except Exception as exc:
+                log.error("unhandled error", request_id=ctx.request_id, exc_info=exc)
+                response = self._internal_error(ctx)
+                ctx.error = type(exc).__name__
+
+            assert response is not None
+            if stream is None or not isinstance(response, web.StreamResponse):
+                stream = None
+            response_headers = response.headers
+            if "X-Request-ID" not in response_headers:
+                response_headers["X-Request-ID"] = ctx.request_id
+            ctx.status = response.status
+            if chain is not None and chain.post_response:
+                try:
+                    for step in chain.post_response:
+                        await call_step(step, "post_response", (request, ctx, response), ctx)
+                except (GatewayError, PluginFailure) as failure:
+                    stream = None
+                    if isinstance(failure, GatewayError):
+                        response = from_error(failure, request_id=ctx.request_id,
+                                              route=ctx.route.name if ctx.route else None)
+                    else:
+                        response = self._internal_error(ctx)
+                        ctx.error = str(failure)
+                ctx.status = response.status
+            # Never let the server library announce itself (a plugin may remove upstream's).
+            response.headers.setdefault("Server", "pygate")
+            if close:
+                response.force_close()
+            await self._send(request, response, stream, ctx)
+            if chain is not None and chain.log:
+                self._schedule_log(chain, ctx, request, response)
+            return response
         finally:
             self.in_flight -= 1
             on_gw.count -= 1
-
-    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        gw = self.gw
-        headers = request.headers
-        ctx = Context(
-            request_id=request_id(headers.get("X-Request-ID")),
-            client_ip="",
-            method=request.method,
-            path=request.raw_path,
-            start=time.monotonic(),
-        )
-        ctx.app = gw
-        hops = headers.getall("X-Forwarded-For", None)  # several lines are one list
-        ctx.client_ip, forwarded_for, trusted = gw.forwarded.resolve(
-            request.remote or "", ", ".join(hops) if hops else None)
-        # Until a route is known (a path refused before routing), the global chain's
-        # post_response and log hooks see the request.
-        chain: Chain | None = gw.global_chain
-        stream: Streamer | None = None
-        response: web.StreamResponse | None = None
-        close = False
-        try:
-            if "Content-Length" in headers or "Transfer-Encoding" in headers:
-                try:
-                    check_framing(headers)
-                except GatewayError:
-                    close = True  # the body's framing is in doubt: read nothing more
-                    raise
-            path, encoded, query = normalize_path(request.raw_path)
-            ctx.path = path
-            host = host_of(headers)
-            match = gw.router.match(request.method, path, host, headers)
-            route = match.route
-            if route is None:
-                # pre_route still runs (CORS preflight on a GET-only route), then 404/405
-                tentative = gw.router.lookup(path, host, headers)
-                chain = tentative.payload.chain if tentative is not None else gw.global_chain
-                if tentative is not None:
-                    ctx.route = RouteInfo(tentative.name, {})
-                response = await first_response(chain.pre_route, "pre_route", request, ctx)
-                if response is None:
-                    if match.allowed:
-                        raise MethodNotAllowed(
-                            f"method {request.method} is not allowed on this route",
-                            headers={"Allow": ", ".join(sorted(match.allowed))})
-                    raise NotFound("no route matches this request")
-            else:
-                plan: RoutePlan = route.payload
-                chain = plan.chain
-                ctx.route = RouteInfo(route.name, match.params)
-                if chain.pre_route:
-                    response = await first_response(chain.pre_route, "pre_route", request, ctx)
-                if response is None and chain.authenticate:
-                    for step in chain.authenticate:
-                        identity = await call_step(step, "authenticate", (request, ctx), ctx)
-                        if identity is not None:
-                            ctx.identity = identity
-                            break
-                if response is None and chain.admit:
-                    response = await first_response(chain.admit, "admit", request, ctx)
-                if response is None:
-                    if plan.upstream is not None:
-                        response, stream = await self.proxy(
-                            request, ctx, plan, route.upstream_path(path, encoded, match.params),
-                            query, forwarded_for, trusted)
-                    else:
-                        response = await self.compose(request, ctx, plan, query, forwarded_for,
-                                                      trusted)
-        except GatewayError as error:
-            response = from_error(error, request_id=ctx.request_id,
-                                  route=ctx.route.name if ctx.route else None)
-            ctx.error = error.detail
-            close = close or error.status == 413  # do not drain a refused body
-        except PluginFailure as failure:
-            response = self._internal_error(ctx)
-            ctx.error = str(failure)
-        except Exception as exc:
-            log.error("unhandled error", request_id=ctx.request_id, exc_info=exc)
-            response = self._internal_error(ctx)
-            ctx.error = type(exc).__name__
-
-        assert response is not None
-        if stream is None or not isinstance(response, web.StreamResponse):
-            stream = None
-        response_headers = response.headers
-        if "X-Request-ID" not in response_headers:
-            response_headers["X-Request-ID"] = ctx.request_id
-        ctx.status = response.status
-        if chain is not None and chain.post_response:
-            try:
-                for step in chain.post_response:
-                    await call_step(step, "post_response", (request, ctx, response), ctx)
-            except (GatewayError, PluginFailure) as failure:
-                stream = None
-                if isinstance(failure, GatewayError):
-                    response = from_error(failure, request_id=ctx.request_id,
-                                          route=ctx.route.name if ctx.route else None)
-                else:
-                    response = self._internal_error(ctx)
-                    ctx.error = str(failure)
-            ctx.status = response.status
-        # Never let the server library announce itself (a plugin may remove upstream's).
-        response.headers.setdefault("Server", "pygate")
-        if close:
-            response.force_close()
-        await self._send(request, response, stream, ctx)
-        if chain is not None and chain.log:
-            self._schedule_log(chain, ctx, request, response)
-        return response
 
     async def _send(self, request: web.BaseRequest, response: web.StreamResponse,
                     stream: Streamer | None, ctx: Context) -> None:
@@ -252,15 +262,18 @@ class Pipeline:
                                 request_id=ctx.request_id,
                                 route=ctx.route.name if ctx.route else None)
 
-    async def proxy(self, request: web.BaseRequest, ctx: Context, plan: RoutePlan,
-                    path: str, query: str, forwarded_for: str, trusted: bool
-                    ) -> tuple[web.StreamResponse, Streamer | None]:
-        """Forward the request to the route's upstream; stream the answer back."""
+    def upstream_request(self, request: web.BaseRequest, ctx: Context, plan: RoutePlan,
+                         path: str, query: str, forwarded_for: str, trusted: bool
+                         ) -> UpstreamRequest:
+        """The request to send to the route's upstream (before transform_request)."""
         gw: Gateway = ctx.app  # the request's own gateway, even after a reload
         upstream = plan.upstream
         assert upstream is not None
+        length = request.content_length
+        if length is not None and length > gw.max_body:
+            raise PayloadTooLarge("request body exceeds the gateway's max_body")
         ctx.upstream = upstream.name
-        upstream_request = UpstreamRequest(
+        return UpstreamRequest(
             method=request.method,
             path=path,
             query=query,
@@ -268,17 +281,20 @@ class Pipeline:
                                      preserve_host=plan.preserve_host),
             upstream=upstream.name,
         )
-        if plan.chain.transform_request:
-            await transform(plan.chain, request, ctx, upstream_request)
+
+    async def proxy_special(self, request: web.BaseRequest, ctx: Context, plan: RoutePlan,
+                            upstream_request: UpstreamRequest
+                            ) -> tuple[web.StreamResponse, Streamer | None]:
+        """Proxy a WebSocket upgrade, or a request that expects ``100 Continue``."""
+        gw: Gateway = ctx.app
+        upstream = plan.upstream
+        assert upstream is not None
         if "Upgrade" in request.headers:
             from .upstream import websocket
 
             if websocket.is_upgrade(request):  # authenticated and admitted: upgrade now
                 return await websocket.connect(request, ctx, upstream, upstream_request, gw,
                                                deadline=self._loop.time() + gw.timeout)
-        length = request.content_length
-        if length is not None and length > gw.max_body:
-            raise PayloadTooLarge("request body exceeds the gateway's max_body")
         if "Expect" in request.headers and request.headers["Expect"].lower() == "100-continue":
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         deadline = self._loop.time() + gw.timeout

@@ -186,7 +186,7 @@ class Connection(asyncio.Protocol):
         self._informational = False
         self._reading_paused = False
         self._writing_paused: asyncio.Future[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self.writer: asyncio.Task[None] | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -298,9 +298,13 @@ class Connection(asyncio.Protocol):
             waiter.set_exception(ReadTimeout())
         self._abort()
 
-    async def send(self, head: bytes, body: bytes | AsyncIterator[bytes] | None, *,
-                   chunked: bool, head_only: bool) -> UpstreamResponse:
-        """Write a request, return its response once the head has arrived."""
+    def start(self, head: bytes, body: bytes | AsyncIterator[bytes] | None, *,
+              chunked: bool, head_only: bool) -> asyncio.Future[UpstreamResponse]:
+        """Write a request; the future resolves to its response once the head has arrived.
+
+        A streamed body is written by a task of its own (``self.writer``), so that
+        an upstream may answer before the whole body was sent.
+        """
         transport = self.transport
         assert transport is not None
         self._parser = httptools.HttpResponseParser(self)
@@ -310,21 +314,20 @@ class Connection(asyncio.Protocol):
         self._head_only = head_only
         self._received = False
         self._head = waiter = self.loop.create_future()
-        writer: asyncio.Task[None] | None = None
+        self.writer = None
         if body is None:
             transport.write(head)
         elif isinstance(body, bytes):
             transport.write(head + body)
         else:
             transport.write(head)
-            writer = self.loop.create_task(self._write_body(body, chunked))
-        try:
-            response: UpstreamResponse = await self.wait(waiter)
-        except BaseException:
-            if writer is not None:
-                writer.cancel()
-            raise
-        return response
+            self.writer = self.loop.create_task(self._write_body(body, chunked))
+        return waiter
+
+    def cancel_writer(self) -> None:
+        if self.writer is not None and not self.writer.done():
+            self.writer.cancel()
+        self.writer = None
 
     async def _write_body(self, body: AsyncIterator[bytes], chunked: bool) -> None:
         transport = self.transport
@@ -352,6 +355,11 @@ class Connection(asyncio.Protocol):
 
     def done_with(self, *, reusable: bool) -> None:
         self._response = None
+        if self.writer is not None:
+            if not self.writer.done():  # the upstream answered before the body was sent
+                reusable = False
+                self.writer.cancel()
+            self.writer = None
         if reusable and not self.lost and self.idle_since >= 0 and self._parser is None:
             self.resume_reading()
             self.idle_since = time.monotonic()
@@ -402,15 +410,25 @@ class Pool:
         """Open connections (idle and busy)."""
         return len(self._open)
 
-    async def acquire(self) -> tuple[Connection, bool]:
-        """A connection and whether it was reused from the idle set."""
+    def idle_connection(self) -> Connection | None:
+        """A kept-alive connection ready for a request, if there is one."""
         idle = self._idle
+        if not idle:
+            return None
         now = time.monotonic()
         while idle:
             conn = idle.pop()
             if not conn.lost and now - conn.idle_since < self.keepalive_timeout:
-                return conn, True
+                return conn
             conn._abort()
+        return None
+
+    async def acquire(self) -> tuple[Connection, bool]:
+        """A connection and whether it was reused from the idle set."""
+        conn = self.idle_connection()
+        if conn is not None:
+            return conn, True
+        idle = self._idle
         while len(self._open) >= self.limit:
             waiter = self.loop.create_future()
             self._waiters.append(waiter)
@@ -474,17 +492,26 @@ class Pool:
         head, chunked = build_head(method, target, headers, self.host, self.port, body)
         head_only = method == "HEAD"
         while True:
-            conn, reused = await self.acquire()
+            conn = self.idle_connection()  # the common case, without a coroutine
+            reused = conn is not None
+            if conn is None:
+                conn, reused = await self.acquire()
+            waiter = conn.start(head, body, chunked=chunked, head_only=head_only)
+            timer = self.loop.call_later(self.read_timeout, conn._read_timed_out, waiter)
             try:
-                return await conn.send(head, body, chunked=chunked, head_only=head_only)
+                return await waiter
             except Disconnected:
+                conn.cancel_writer()
                 conn.done_with(reusable=False)
                 if reused and not conn._received and not isinstance(body, AsyncIterator):
                     continue  # a stale keep-alive connection: try a fresh one
                 raise
             except BaseException:
+                conn.cancel_writer()
                 conn.done_with(reusable=False)
                 raise
+            finally:
+                timer.cancel()
 
     async def close(self) -> None:
         self.closed = True
