@@ -22,15 +22,19 @@ loads). The gateway is a real server on a free loopback port.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -259,3 +263,57 @@ async def pygate_gateway() -> AsyncIterator[Callable[..., Awaitable[TestGateway]
     yield factory
     for gateway in started:
         await gateway.close()
+
+
+# ---------------------------------------------------------------------------
+# Real `pygate serve` processes (for tests across processes: shared Redis state)
+# ---------------------------------------------------------------------------
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something accepts connections on ``host:port`` now."""
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex((host, port)) == 0
+
+
+def spawn_serve(config: Path, port: int, log: Path, *args: str) -> subprocess.Popen[bytes]:
+    """Start ``pygate serve -c CONFIG --listen 127.0.0.1:PORT`` with stderr to ``log``.
+
+    ``PYGATE_*`` variables of the test environment are not passed on.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYGATE_")}
+    with log.open("wb") as stderr:
+        return subprocess.Popen(
+            [sys.executable, "-m", "pygate", "serve", "-c", str(config),
+             "--listen", f"127.0.0.1:{port}", *args],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr, env=env)
+
+
+def wait_listening(proc: subprocess.Popen[bytes], port: int, log: Path,
+                   timeout: float = 20.0) -> None:
+    """Wait until the process listens; fail with its log if it exits or takes too long."""
+    deadline = time.monotonic() + timeout
+    while not port_open(port):
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
+
+
+async def serve_process(config: Path, port: int, log: Path,
+                        *args: str) -> subprocess.Popen[bytes]:
+    """:func:`spawn_serve`, then wait (off the event loop) until it listens."""
+    proc = spawn_serve(config, port, log, *args)
+    await asyncio.to_thread(wait_listening, proc, port, log)
+    return proc
+
+
+def stop_serve(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> int:
+    """SIGTERM (a graceful drain), then the exit code; SIGKILL after ``timeout``."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(timeout=5)

@@ -4,57 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import aiohttp
 
 from pygate.testing import free_port
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def spawn(config: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYGATE_")}
-    with log.open("wb") as stderr:
-        return subprocess.Popen(
-            [sys.executable, "-m", "pygate", "serve", "-c", str(config),
-             "--listen", f"127.0.0.1:{port}"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr, env=env)
-
-
-def wait_listening(proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
-    deadline = time.monotonic() + 20
-    while not port_open(port):
-        assert proc.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, log.read_text()
-        time.sleep(0.05)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> int:
-    """SIGTERM (a graceful drain), then the exit code; SIGKILL after 15 s."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        return proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.wait(timeout=5)
-
-
-async def serve(config: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    proc = spawn(config, port, log)
-    await asyncio.to_thread(wait_listening, proc, port, log)
-    return proc
+from pygate.testing import serve_process as serve
+from pygate.testing import stop_serve as stop
 
 
 async def test_two_gateway_processes_share_one_limit(tmp_path, fake_upstream, redis_server):
