@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator
 
 import pytest
@@ -215,3 +216,46 @@ def test_head_refuses_header_injection() -> None:
     head, chunked = build_head("POST", "/p", [("Content-Length", "99")], "h", 8080, b"abc")
     assert b"Content-Length: 3\r\n" in head and b"99" not in head and not chunked
     assert head.startswith(b"POST /p HTTP/1.1\r\n") and b"Host: h:8080\r\n" in head
+
+
+def _self_signed(tmp_path) -> ssl.SSLContext:  # type: ignore[no-untyped-def]
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1)
+            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    return context
+
+
+async def test_https_target_with_an_untrusted_certificate_is_refused(tmp_path) -> None:
+    async def secret(request: web.Request) -> web.Response:
+        return web.Response(text="secret")
+
+    app = web.Application()
+    app.router.add_get("/", secret)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=_self_signed(tmp_path))
+    await site.start()
+    port = runner.addresses[0][1]
+    p = Pool("https", "127.0.0.1", port, limit=2, connect_timeout=2, read_timeout=2)
+    with pytest.raises(ConnectError) as caught:
+        await p.request("GET", "/", [])
+    assert isinstance(caught.value.__cause__, ssl.SSLError)
+    await p.close()
+    await runner.cleanup()
