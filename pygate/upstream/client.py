@@ -27,6 +27,9 @@ import httptools
 from multidict import CIMultiDict
 
 HIGH_WATER = 256 * 1024  # buffered response bytes before reading from the upstream pauses
+# Methods sent again on a new connection when a reused one closes before any answer
+# (the target may have processed a request and then died; only these are safe twice).
+RESENDABLE = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
 
 class UpstreamError(Exception):
@@ -487,7 +490,7 @@ class Pool:
 
         A reused keep-alive connection that turns out closed before any byte of
         the response arrived is replaced once by a new one, when the request can
-        be sent again (no streamed body).
+        be sent again (an idempotent method, no streamed body).
         """
         head, chunked = build_head(method, target, headers, self.host, self.port, body)
         head_only = method == "HEAD"
@@ -503,7 +506,8 @@ class Pool:
             except Disconnected:
                 conn.cancel_writer()
                 conn.done_with(reusable=False)
-                if reused and not conn._received and not isinstance(body, AsyncIterator):
+                if (reused and not conn._received and method in RESENDABLE
+                        and not isinstance(body, AsyncIterator)):
                     continue  # a stale keep-alive connection: try a fresh one
                 raise
             except BaseException:
