@@ -172,6 +172,34 @@ def latency_table(results: list[Result]) -> str:
     return "\n".join(rows)
 
 
+def render(results: list[Result], latency: list[Result], notes: str,
+           latency_duration: int) -> str:
+    """The README section: the table, pygate's ratios, the one-connection pass, the notes."""
+    parts = [
+        markdown_table(results, ratio_to=AIOHTTP),
+        "\n".join([ratio_line(results, PYGATE, AIOHTTP) + "  ",
+                   ratio_line(results, PYGATE, EXPRESS)]),
+    ]
+    if latency:
+        parts += [f"One connection (`wrk -c1 -d{latency_duration}s`), same rounds:",
+                  latency_table(latency), added_latency(latency)]
+    parts.append(notes + " Peers: Express "
+                 + _express_version() + " with undici, on node " + _node_version() + ".")
+    return "\n\n".join(parts)
+
+
+def measure_both(upstream: str, workdir: Path, options: WrkOptions, cpus: Cpus,
+                 latency_duration: int) -> tuple[list[Result], list[Result]]:
+    """The loaded pass with ``options``, then (unless ``latency_duration`` is 0) the
+    one-connection pass, each on freshly started contenders."""
+    results = measure(contenders(upstream, workdir), options, cpus, workdir)
+    latency: list[Result] = []
+    if latency_duration > 0:
+        single = replace(options, connections=1, duration=latency_duration, warmup=1)
+        latency = measure(contenders(upstream, workdir), single, cpus, workdir)
+    return results, latency
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     WrkOptions.add_arguments(parser)
@@ -187,13 +215,8 @@ def main(argv: list[str] | None = None) -> int:
             cpus = Cpus.pick()
             with workspace("pygate-bench-aggregate-") as workdir:
                 with nginx_json_upstream(workdir, cpus.load, LOCATIONS) as upstream:
-                    load = contenders(upstream, workdir)
-                    results = measure(load, options, cpus, workdir)
-                    latency: list[Result] = []
-                    if args.latency_duration > 0:
-                        single = replace(options, connections=1, duration=args.latency_duration,
-                                         warmup=1)
-                        latency = measure(contenders(upstream, workdir), single, cpus, workdir)
+                    results, latency = measure_both(upstream, workdir, options, cpus,
+                                                    args.latency_duration)
                 notes = machine_notes(options, cpus)
     except BenchError as exc:
         log_stderr(f"error: {exc}")
@@ -203,17 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
     had_errors = flag_errors(results) | flag_errors(latency)
-    parts = [
-        markdown_table(results, ratio_to=AIOHTTP),
-        "\n".join([ratio_line(results, PYGATE, AIOHTTP) + "  ",
-                   ratio_line(results, PYGATE, EXPRESS)]),
-    ]
-    if latency:
-        parts += [f"One connection (`wrk -c1 -d{args.latency_duration}s`), same rounds:",
-                  latency_table(latency), added_latency(latency)]
-    parts.append(notes + " Peers: Express "
-                 + _express_version() + " with undici, on node " + _node_version() + ".")
-    table = "\n\n".join(parts)
+    table = render(results, latency, notes, args.latency_duration)
     print(table)
     if args.write_readme:
         replace_readme_section(SECTION, table)

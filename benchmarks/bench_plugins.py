@@ -57,9 +57,11 @@ from common import (
     Cpus,
     HeaderWrkOptions,
     Process,
+    Result,
     WrkOptions,
     aiohttp_peer_contender,
     ensure_tools,
+    express_gateway_contender,
     find_tool,
     flag_errors,
     free_port,
@@ -68,6 +70,7 @@ from common import (
     markdown_table,
     measure,
     nginx_upstream,
+    node_versions,
     pygate_contender,
     ratio_table,
     redis_server,
@@ -87,11 +90,12 @@ EXPRESS = "express gateway"
 CHECKS = "aiohttp+checks"
 PYGATE_BARE = "pygate bare"
 PLAIN = "aiohttp proxy"
+EXPRESS_LOG = "express gateway+log"
+CHECKS_LOG = "aiohttp+checks+log"
 
 SECRET = "pygate-benchmark-secret-0123456789abcdef"  # HS256 wants 32 bytes or more
 USER, ROLE = "alice", "admin"
 LIMIT = 1_000_000_000  # per minute and caller: never reached
-EXPRESS_DIR = BENCH_DIR / "peers" / "express-gateway"
 CHECKS_SCRIPT = BENCH_DIR / "peers" / "aiohttp" / "proxy_checks.py"
 
 PYGATE_CONFIG = """\
@@ -162,49 +166,56 @@ def pygate_spec(workdir: Path, upstream: str, name: str, note: str, *, checks: b
     return Spec(contender, checks, access_log)
 
 
-def npm_install() -> bool:
-    """Install the Express peer's packages into its folder when ``node_modules`` is missing."""
-    if (EXPRESS_DIR / "node_modules").is_dir():
-        return True
-    npm = find_tool("npm")
-    if npm is None:
-        return False
-    lock = (EXPRESS_DIR / "package-lock.json").is_file()
-    command = [npm, "ci" if lock else "install", "--no-audit", "--no-fund", "--omit=dev"]
-    log_stderr(f"installing the Express peer's packages: {' '.join(command)} (in {EXPRESS_DIR})")
-    done = subprocess.run(command, cwd=EXPRESS_DIR, capture_output=True, text=True, timeout=600)
-    if done.returncode != 0:
-        log_stderr(f"WARNING: npm failed:\n{done.stderr[-2000:]}")
-        return False
-    return True
-
-
-def express_spec(upstream: str) -> Spec | None:
-    node = find_tool("node")
-    if node is None or not npm_install():
-        log_stderr("WARNING: node/npm missing or npm install failed; skipping the Express peer")
+def express_spec(upstream: str, name: str = EXPRESS, access_log: Path | None = None,
+                 ) -> Spec | None:
+    """The Express gateway with its checks on (and an access log to ``access_log``)."""
+    env = {"JWT_SECRET": SECRET, "RATE_LIMIT": str(LIMIT)}
+    note = "Express + http-proxy-middleware + jsonwebtoken + express-rate-limit"
+    if access_log is not None:
+        env["ACCESS_LOG"] = str(access_log)
+        note += ", JSON access log to a file"
+    contender = express_gateway_contender(upstream, name, note, env=env)
+    if contender is None:
         return None
-    port = free_port()
-    listen = f"127.0.0.1:{port}"
-    command = [node, str(EXPRESS_DIR / "server.js"), "--listen", listen, "--upstream", upstream]
-    contender = Contender(
-        EXPRESS, f"http://{listen}/", command,
-        note="Express + http-proxy-middleware + jsonwebtoken + express-rate-limit",
-        env={"JWT_SECRET": SECRET, "RATE_LIMIT": str(LIMIT), "NODE_ENV": "production"},
-        expect_status=401,
-    )
-    return Spec(contender, checks=True)
+    return Spec(replace(contender, expect_status=401), checks=True, access_log=access_log)
 
 
-def checks_spec(upstream: str) -> Spec:
+def checks_spec(upstream: str, name: str = CHECKS, access_log: Path | None = None) -> Spec:
+    """``peers/aiohttp/proxy_checks.py`` (and its JSON access log to ``access_log``)."""
     port = free_port()
     listen = f"127.0.0.1:{port}"
     command = [sys.executable, str(CHECKS_SCRIPT), "--listen", listen, "--upstream", upstream]
-    contender = Contender(CHECKS, f"http://{listen}/", command,
-                          note="pyjwt, dict limiter, identity headers",
-                          env={"JWT_SECRET": SECRET, "RATE_LIMIT": str(LIMIT)},
+    env = {"JWT_SECRET": SECRET, "RATE_LIMIT": str(LIMIT)}
+    note = "pyjwt, dict limiter, identity headers"
+    if access_log is not None:
+        env["ACCESS_LOG"] = str(access_log)
+        note += ", JSON access log to a file"
+    contender = Contender(name, f"http://{listen}/", command, note=note, env=env,
                           expect_status=401)
-    return Spec(contender, checks=True)
+    return Spec(contender, checks=True, access_log=access_log)
+
+
+def peer_specs(upstream: str, workdir: Path, *, logging: bool) -> list[Spec]:
+    """The three-way comparison ``bench_all.py`` runs: pygate with jwt, rate-limit (memory)
+    and headers, the Express gateway and the aiohttp proxy with the same checks; with
+    ``logging``, each also writes a JSON access line per request to its own file."""
+    target = upstream.rstrip("/")
+    if logging:
+        found = [
+            pygate_spec(workdir, target, PYGATE_LOG, "jwt, rate-limit, headers, logging to a file",
+                        access_log=workdir / "pygate-access.jsonl"),
+            express_spec(target, EXPRESS_LOG, access_log=workdir / "express-access.jsonl"),
+            checks_spec(target, CHECKS_LOG, access_log=workdir / "aiohttp-access.jsonl"),
+        ]
+    else:
+        found = [
+            pygate_spec(workdir, target, PYGATE, "jwt, rate-limit (memory), headers"),
+            express_spec(target),
+            checks_spec(target),
+        ]
+    if found[0] is None:
+        raise BenchError("no pygate executable beside this Python or on PATH")
+    return [spec for spec in found if spec is not None]
 
 
 def specs(upstream: str, workdir: Path, redis_url: str | None, *,
@@ -348,18 +359,8 @@ RATIOS = [
 
 
 def tool_versions() -> str:
-    parts = []
-    node = find_tool("node")
-    if node is not None:
-        done = subprocess.run([node, "--version"], capture_output=True, text=True, check=False)
-        parts.append(f"node {done.stdout.strip()}")
-    lock = EXPRESS_DIR / "node_modules" / ".package-lock.json"
-    if lock.is_file():
-        packages = json.loads(lock.read_text()).get("packages", {})
-        for name in ("express", "http-proxy-middleware", "jsonwebtoken", "express-rate-limit"):
-            version = packages.get(f"node_modules/{name}", {}).get("version")
-            if version:
-                parts.append(f"{name} {version}")
+    parts = [node_versions(["express", "http-proxy-middleware", "jsonwebtoken",
+                            "express-rate-limit"])]
     parts.append(f"PyJWT {jwt.__version__}")
     redis = find_tool("redis-server")
     if redis is not None:
@@ -367,7 +368,50 @@ def tool_versions() -> str:
         words = done.stdout.split()
         version = next((w.split("=", 1)[1] for w in words if w.startswith("v=")), "?")
         parts.append(f"redis-server {version}")
-    return ", ".join(parts)
+    return ", ".join(part for part in parts if part)
+
+
+def logged_lines(path: Path) -> tuple[int, int]:
+    """``(lines, bytes)`` of an access log file (zeros when it does not exist)."""
+    if not path.is_file():
+        return 0, 0
+    with path.open("rb") as lines:
+        return sum(1 for _ in lines), path.stat().st_size
+
+
+def header_options(options: WrkOptions, token: str) -> HeaderWrkOptions:
+    return HeaderWrkOptions.from_options(options, {"Authorization": f"Bearer {token}"},
+                                         shown={"Authorization": "Bearer <HS256 token>"})
+
+
+def measure_peers(options: WrkOptions, cpus: Cpus, workdir: Path, *, logging: bool,
+                  skip_verify: bool = False) -> tuple[list[Result], str]:
+    """The three-way comparison of :func:`peer_specs`, verified first against the echo
+    upstream (unless ``skip_verify``), then measured against nginx; returns the results
+    and the README section (the table, pygate / each peer, the notes)."""
+    token = make_token()
+    with_header = header_options(options, token)
+    if not skip_verify:
+        verify_dir = workdir / "verify"
+        verify_dir.mkdir(exist_ok=True)
+        with echo_upstream() as echo:
+            verify(peer_specs(echo, verify_dir, logging=logging), verify_dir, token)
+    with nginx_upstream(workdir, cpus.load) as upstream:
+        found = peer_specs(upstream, workdir, logging=logging)
+        results = measure([s.contender for s in found], with_header, cpus, workdir)
+    subject, baseline = (PYGATE_LOG, CHECKS_LOG) if logging else (PYGATE, CHECKS)
+    pairs = [(f"{subject} / {r.name}", subject, r.name) for r in results if r.name != subject]
+    notes = machine_notes(with_header, cpus) + f" Peers: {tool_versions()}."
+    if logging:
+        written = []
+        for spec in found:
+            if spec.access_log is not None:
+                lines, size = logged_lines(spec.access_log)
+                written.append(f"{spec.contender.name} {lines:,} lines ({size / 1e6:.0f} MB)")
+        notes += " JSON access lines written: " + ", ".join(written) + "."
+    text = "\n\n".join([markdown_table(results, ratio_to=baseline),
+                         ratio_table(results, pairs), notes])
+    return results, text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -380,9 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     token = make_token()
     try:
-        options = HeaderWrkOptions.from_options(
-            WrkOptions.from_args(args), {"Authorization": f"Bearer {token}"},
-            shown={"Authorization": "Bearer <HS256 token>"})
+        options = header_options(WrkOptions.from_args(args), token)
         with terminate_on_sigterm():
             ensure_tools()
             cpus = Cpus.pick()
@@ -401,12 +443,11 @@ def main(argv: list[str] | None = None) -> int:
                 with nginx_upstream(workdir, cpus.load) as upstream:
                     found = specs(upstream, workdir, redis_url, expect_body=True)
                     results = measure([s.contender for s in found], options, cpus, workdir)
-                access_log = workdir / "access.jsonl"
-                logged = sum(1 for _ in access_log.open()) if access_log.is_file() else 0
+                logged, size = logged_lines(workdir / "access.jsonl")
                 notes = machine_notes(options, cpus) + f" Peers: {tool_versions()}."
                 if logged:
                     notes += (f" {PYGATE_LOG} wrote {logged:,} JSON lines "
-                              f"({access_log.stat().st_size / 1e6:.0f} MB) to its file.")
+                              f"({size / 1e6:.0f} MB) to its file.")
     except BenchError as exc:
         log_stderr(f"error: {exc}")
         return 1

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.client
+import json
 import os
 import platform
 import re
@@ -31,10 +32,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -254,7 +256,7 @@ http {{
 
     server {{
         listen 127.0.0.1:{port} backlog=4096;
-        location / {{
+{extra}        location / {{
             default_type application/json;
             return 200 '{body}';
         }}
@@ -264,11 +266,17 @@ http {{
 
 
 @contextlib.contextmanager
-def nginx_upstream(workdir: Path, cpu: int, nginx: str | None = None) -> Iterator[str]:
-    """Run nginx (one worker, keep-alive) answering :data:`UPSTREAM_BODY`; yield its URL."""
+def nginx_upstream(
+    workdir: Path, cpu: int, nginx: str | None = None, extra: str = ""
+) -> Iterator[str]:
+    """Run nginx (one worker, keep-alive) answering :data:`UPSTREAM_BODY`; yield its URL.
+
+    ``extra`` is configuration placed in its ``server`` block before ``location /``
+    (say, a location serving a file); indent it by eight spaces.
+    """
     port = free_port()
     conf = workdir / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(dir=workdir, port=port, body=UPSTREAM_BODY))
+    conf.write_text(NGINX_CONF.format(dir=workdir, port=port, body=UPSTREAM_BODY, extra=extra))
     binary = nginx or find_tool("nginx") or "nginx"
     command = [binary, "-p", str(workdir), "-e", str(workdir / "nginx-error.log"), "-c", str(conf)]
     process = Process("nginx", pinned(cpu, command), workdir / "nginx.out", {})
@@ -305,7 +313,7 @@ def nginx_json_upstream(
     """
     port = free_port()
     conf = workdir / "nginx.conf"
-    text = NGINX_CONF.format(dir=workdir, port=port, body=UPSTREAM_BODY)
+    text = NGINX_CONF.format(dir=workdir, port=port, body=UPSTREAM_BODY, extra="")
     text, count = re.subn(
         r"        location / \{.*?\n        \}\n", lambda _: _location_blocks(locations), text,
         flags=re.S,
@@ -338,20 +346,27 @@ class WrkOptions:
     threads: int = 1
     rounds: int = 3
     warmup: int = 2
+    script: str | None = None
+    """A Lua script for ``wrk -s`` (e.g. one that sends a request body), or None."""
 
     def command(self, url: str, duration: int | None = None) -> list[str]:
         seconds = self.duration if duration is None else duration
+        script = ["-s", self.script] if self.script else []
         return [
             "wrk",
             f"-t{self.threads}",
             f"-c{self.connections}",
             f"-d{seconds}s",
             "--latency",
+            *script,
             url,
         ]
 
     def describe(self) -> str:
-        return " ".join(self.command("URL"))
+        parts = WrkOptions.command(self, "URL")  # never a subclass's extra arguments
+        if self.script:
+            parts[parts.index(self.script)] = Path(self.script).name
+        return " ".join(parts)
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -376,6 +391,8 @@ class WrkResult:
     requests: int
     non_2xx_3xx: int = 0
     socket_errors: Mapping[str, int] = field(default_factory=dict)
+    bytes_read: float = 0.0
+    """What wrk says it read (``... requests in 8.00s, 1.2GB read``), in bytes (wrk rounds it)."""
 
     @property
     def errors(self) -> int:
@@ -386,6 +403,8 @@ _UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.
 _PERCENTILE = re.compile(r"^\s*(50|99)(?:\.0+)?%\s+([\d.]+)(us|ms|s|m|h)\s*$", re.M)
 _RPS = re.compile(r"^Requests/sec:\s+([\d.]+)", re.M)
 _REQUESTS = re.compile(r"^\s*(\d+) requests in ", re.M)
+_READ = re.compile(r"^\s*\d+ requests in [^,]+, ([\d.]+)([KMGT]?B) read", re.M)
+_UNITS_BYTES = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
 _SOCKET = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", re.M)
 _NON_2XX = re.compile(r"Non-2xx or 3xx responses: (\d+)", re.M)
 
@@ -403,6 +422,7 @@ def parse_wrk(output: str) -> WrkResult:
         counts = (int(n) for n in found.groups())
         socket_errors = dict(zip(("connect", "read", "write", "timeout"), counts, strict=True))
     non_2xx = _NON_2XX.search(output)
+    read = _READ.search(output)
     return WrkResult(
         requests_per_sec=float(rps[1]),
         p50_ms=percentiles["50"],
@@ -410,6 +430,7 @@ def parse_wrk(output: str) -> WrkResult:
         requests=int(requests[1]),
         non_2xx_3xx=int(non_2xx[1]) if non_2xx else 0,
         socket_errors={k: v for k, v in socket_errors.items() if v},
+        bytes_read=float(read[1]) * _UNITS_BYTES[read[2]] if read else 0.0,
     )
 
 
@@ -442,12 +463,172 @@ class Contender:
     expect_status: int = 200
     expect_body: bytes | None = None
     start_timeout: float = 30.0
+    ready_url: str | None = None
+    """Where the readiness GET goes when it should not be ``url`` (e.g. a 10 MB download)."""
+    pin: bool = True
+    """Pin the process to the gateway CPU; False lets it use every CPU (a multi-worker run)."""
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Memory and CPU time of a contender's processes over a scenario.
+
+    ``before`` is the sum of ``VmRSS`` of its processes when the load starts (bytes);
+    ``peak`` the sum of each process's highest resident set during the load: ``VmHWM``
+    after resetting it (``/proc/PID/clear_refs``) when the load starts, or, where that
+    reset is refused, the highest ``VmRSS`` seen by polling. ``growth`` is
+    ``peak - before``. ``cpu_seconds`` is the user plus system time its processes
+    used meanwhile (``/proc/PID/stat``).
+    """
+
+    before: int
+    peak: int
+    processes: int
+    exact: bool  # every peak is a reset VmHWM, not only polled VmRSS
+    cpu_seconds: float = 0.0
+
+    @property
+    def growth(self) -> int:
+        return self.peak - self.before
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User plus system CPU time of ``pid`` so far (None when it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2 :].split()  # fields[0] is the state (field 3)
+    return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime: fields 14, 15
+
+
+def _status_kb(pid: int, fields: Sequence[str]) -> dict[str, int]:
+    """``{field: kB}`` from ``/proc/PID/status`` (empty when the process is gone)."""
+    found: dict[str, int] = {}
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return found
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key in fields:
+            found[key] = int(value.split()[0])
+    return found
+
+
+def process_groups(pgids: Collection[int]) -> dict[int, list[int]]:
+    """``{pgid: [pid, ...]}``: the processes of each group (a contender and its children)."""
+    found: dict[int, list[int]] = {pgid: [] for pgid in pgids}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # pid (comm) state ppid pgrp ...; comm may hold spaces and parentheses.
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if len(fields) > 2 and int(fields[2]) in found:
+            found[int(fields[2])].append(int(entry.name))
+    return found
+
+
+class UsageWatch:
+    """Samples the resident memory and CPU time of every process of some process groups.
+
+    :meth:`start` records each process's ``VmRSS`` and CPU time and resets its
+    ``VmHWM``; a thread then polls ``VmRSS`` every ``interval`` seconds (and looks
+    for new processes in the groups every second); :meth:`stop` reads each
+    ``VmHWM`` and CPU time and returns a :class:`Usage` per group.
+    """
+
+    def __init__(self, groups: Sequence[int], interval: float = 0.02) -> None:
+        self.groups = list(groups)
+        self.interval = interval
+        self.members: dict[int, list[int]] = {g: [] for g in self.groups}
+        self.before: dict[int, dict[int, int]] = {g: {} for g in self.groups}  # kB
+        self.polled: dict[int, dict[int, int]] = {g: {} for g in self.groups}
+        self.cpu: dict[int, float] = {}  # pid -> CPU seconds when first seen
+        self.reset: dict[int, bool] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="memory-watch", daemon=True)
+
+    def _discover(self) -> None:
+        self.members = process_groups(self.groups)
+
+    def _sample(self) -> None:
+        for group, pids in self.members.items():
+            for pid in pids:
+                rss = _status_kb(pid, ("VmRSS",)).get("VmRSS")
+                if rss is None:
+                    continue
+                if pid not in self.before[group]:
+                    self.before[group][pid] = rss
+                    self.cpu[pid] = _cpu_seconds(pid) or 0.0
+                    self.reset[pid] = _reset_hwm(pid)
+                seen = self.polled[group]
+                seen[pid] = max(seen.get(pid, 0), rss)
+
+    def _poll(self) -> None:
+        last = time.monotonic()
+        while not self._stop.wait(self.interval):
+            if time.monotonic() - last >= 1.0:
+                self._discover()
+                last = time.monotonic()
+            self._sample()
+
+    def start(self) -> None:
+        self._discover()
+        self._sample()
+        self._thread.start()
+
+    def stop(self) -> dict[int, Usage]:
+        if not self._stop.is_set():
+            self._stop.set()
+            self._thread.join()
+        usage = {}
+        for group in self.groups:
+            before = peak = 0
+            cpu = 0.0
+            exact = True
+            for pid, start in self.before[group].items():
+                polled = self.polled[group].get(pid, start)
+                hwm = _status_kb(pid, ("VmHWM",)).get("VmHWM") if self.reset.get(pid) else None
+                exact = exact and hwm is not None
+                before += start
+                peak += max(polled, hwm or 0)
+                now = _cpu_seconds(pid)
+                if now is not None:
+                    cpu += now - self.cpu.get(pid, 0.0)
+            usage[group] = Usage(before * 1024, peak * 1024, len(self.before[group]), exact,
+                                 cpu)
+        return usage
+
+
+def _reset_hwm(pid: int) -> bool:
+    """Reset ``VmHWM`` of ``pid`` to its current ``VmRSS`` (``echo 5 > clear_refs``)."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+RunHook = Callable[["Result"], None]
 
 
 @dataclass
 class Result:
     contender: Contender
     rounds: list[WrkResult] = field(default_factory=list)
+    warmup: WrkResult | None = None
+    usage: Usage | None = None
+    """Memory and CPU time over the scenario, when :func:`measure` was asked to watch them."""
+    checks: list[str] = field(default_factory=list)
+    """Problems a scenario found in this contender's runs (e.g. short upstream bodies)."""
 
     @property
     def name(self) -> str:
@@ -467,7 +648,7 @@ class Result:
 
     @property
     def errors(self) -> int:
-        return sum(r.errors for r in self.rounds)
+        return sum(r.errors for r in self.rounds) + len(self.checks)
 
     def error_summary(self) -> str:
         non_2xx = sum(r.non_2xx_3xx for r in self.rounds)
@@ -477,6 +658,7 @@ class Result:
                 sockets[kind] = sockets.get(kind, 0) + count
         parts = [f"{non_2xx} non-2xx/3xx"] if non_2xx else []
         parts += [f"{count} socket {kind}" for kind, count in sockets.items()]
+        parts += self.checks
         return ", ".join(parts) or "none"
 
 
@@ -486,49 +668,84 @@ def measure(
     cpus: Cpus,
     workdir: Path,
     log: Log = log_stderr,
+    *,
+    watch: bool = False,
+    before_run: RunHook | None = None,
+    after_run: RunHook | None = None,
 ) -> list[Result]:
-    """Start ``contenders``, run interleaved wrk rounds against each, stop them; see module doc."""
+    """Start ``contenders``, run interleaved wrk rounds against each, stop them; see module doc.
+
+    With ``watch``, the resident memory and CPU time of each started contender are
+    followed from just before the warm-up to the end of the last round
+    (:class:`UsageWatch`) and kept in :attr:`Result.usage`. ``before_run`` and
+    ``after_run`` are called around each measured run (not the warm-up),
+    ``after_run`` once the run is in ``result.rounds``: a scenario can check, say,
+    what its upstream received.
+    """
     results = [Result(c) for c in contenders]
     processes: list[Process] = []
+    groups: dict[str, int] = {}
+    watcher: UsageWatch | None = None
     try:
         for contender in contenders:
             process = None
             if contender.command is not None:
                 log(f"starting {contender.name}: {' '.join(contender.command)}")
+                command = contender.command
+                if contender.pin:
+                    command = pinned(cpus.gateway, command)
                 process = Process(
                     contender.name,
-                    pinned(cpus.gateway, contender.command),
+                    command,
                     workdir / f"{_slug(contender.name)}.log",
                     contender.env,
                 )
                 processes.append(process)
+                groups[contender.name] = process.popen.pid  # its own session: pgid == pid
             wait_until_answers(
                 contender.name,
-                contender.url,
+                contender.ready_url or contender.url,
                 contender.expect_status,
                 contender.expect_body,
                 contender.start_timeout,
                 process,
             )
+        if watch:
+            watcher = UsageWatch(list(groups.values()))
+            watcher.start()
         if options.warmup > 0:
-            for contender in contenders:
-                log(f"warming up {contender.name} ({options.warmup}s)")
-                run_wrk(contender.url, options, cpus.load, options.warmup)
+            for result in results:
+                log(f"warming up {result.name} ({options.warmup}s)")
+                result.warmup = run_wrk(result.contender.url, options, cpus.load,
+                                        options.warmup)
         for n in range(1, options.rounds + 1):
             for result in results:
                 time.sleep(0.5)  # let the previous run's connections close
+                if before_run is not None:
+                    before_run(result)
                 run = run_wrk(result.contender.url, options, cpus.load)
                 result.rounds.append(run)
+                if after_run is not None:
+                    after_run(result)
                 flag = f"  ERRORS: {run.errors}" if run.errors else ""
                 log(
                     f"round {n}/{options.rounds} {result.name:<16} "
                     f"{run.requests_per_sec:>10,.0f} req/s  p50 {run.p50_ms:.2f} ms  "
                     f"p99 {run.p99_ms:.2f} ms{flag}"
                 )
+        if watcher is not None:
+            usage = watcher.stop()
+            watcher = None
+            for result in results:
+                group = groups.get(result.name)
+                if group is not None:
+                    result.usage = usage[group]
         for process in processes:
             if process.popen.poll() is not None:
                 raise BenchError(f"{process.name} died during the run:\n{process.output_tail()}")
     finally:
+        if watcher is not None:
+            watcher.stop()
         for process in reversed(processes):
             process.stop()
     return results
@@ -657,11 +874,17 @@ def venv_tool(name: str) -> str | None:
 
 
 def pygate_contender(
-    workdir: Path, config: str, name: str = "pygate", note: str = "", path: str = "/"
+    workdir: Path,
+    config: str,
+    name: str = "pygate",
+    note: str = "",
+    path: str = "/",
+    extra_args: Sequence[str] = (),
 ) -> Contender | None:
     """pygate serving ``config`` (TOML; ``{port}`` is replaced), or None if not installed.
 
-    Started as ``pygate serve -c CONFIG --listen 127.0.0.1:PORT --log-level warning``.
+    Started as ``pygate serve -c CONFIG --listen 127.0.0.1:PORT --log-level warning``
+    followed by ``extra_args`` (e.g. ``--workers 2``).
     """
     pygate = venv_tool("pygate")
     if pygate is None:
@@ -679,6 +902,7 @@ def pygate_contender(
         listen,
         "--log-level",
         "warning",
+        *extra_args,
     ]
     return Contender(name, f"http://{listen}{path}", command, note=note)
 
@@ -723,6 +947,7 @@ class HeaderWrkOptions(WrkOptions):
             options.threads,
             options.rounds,
             options.warmup,
+            options.script,
             headers=tuple(headers.items()),
             shown=tuple((shown or {}).items()),
         )
@@ -736,7 +961,7 @@ class HeaderWrkOptions(WrkOptions):
 
     def describe(self) -> str:
         shown = dict(self.shown)
-        parts = super().command("URL")
+        parts = super().describe().split(" ")
         for name, value in self.headers:
             parts[-1:-1] = ["-H", f"'{name}: {shown.get(name, value)}'"]
         return " ".join(parts)
@@ -798,3 +1023,133 @@ def ratio_table(results: Sequence[Result], pairs: Sequence[tuple[str, str, str]]
             f"{a.p50_ms / b.p50_ms:.2f}x | {a.p99_ms / b.p99_ms:.2f}x |"
         )
     return "\n".join(rows)
+
+
+# ---------------------------------------------------------------------------
+# nginx as a reverse proxy; the Express gateway
+
+NGINX_PROXY_CONF = """\
+daemon off;
+master_process on;
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/nginx-error.log warn;
+
+events {{
+    worker_connections 4096;
+}}
+
+http {{
+    access_log off;
+    client_body_temp_path {dir}/client_body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    keepalive_timeout 75s;
+    keepalive_requests 1000000;
+
+    upstream backend {{
+        server {upstream};
+        keepalive 256;
+        keepalive_requests 1000000;
+        keepalive_timeout 60s;
+    }}
+
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        client_max_body_size 20m;
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_request_buffering off;
+            proxy_buffering off;
+            proxy_buffer_size 64k;
+            proxy_buffers 8 64k;
+            proxy_busy_buffers_size 128k;
+            client_body_buffer_size 64k;
+        }}
+    }}
+}}
+"""
+
+
+def nginx_proxy_contender(
+    workdir: Path, upstream: str, name: str = "nginx proxy", path: str = "/",
+    note: str = "one worker, upstream keepalive",
+) -> Contender:
+    """nginx as a reverse proxy to ``upstream`` (a generated ``nginx.conf``, one worker).
+
+    Keep-alive both ways (``keepalive 256`` to the upstream, HTTP/1.1, ``Connection``
+    cleared); request and response buffering off, so bodies stream through as they do
+    in the other gateways instead of going to temporary files; bodies up to 20 MB.
+    """
+    folder = workdir / f"nginx-{_slug(name)}"
+    folder.mkdir(exist_ok=True)
+    port = free_port()
+    host_port = upstream.split("://", 1)[-1].split("/", 1)[0]
+    conf = folder / "nginx.conf"
+    conf.write_text(NGINX_PROXY_CONF.format(dir=folder, port=port, upstream=host_port))
+    binary = find_tool("nginx") or "nginx"
+    command = [binary, "-p", str(folder), "-e", str(folder / "nginx-error.log"), "-c", str(conf)]
+    return Contender(name, f"http://127.0.0.1:{port}{path}", command, note=note)
+
+
+EXPRESS_GATEWAY_DIR = BENCH_DIR / "peers" / "express-gateway"
+
+
+def npm_install(folder: Path, log: Log = log_stderr) -> bool:
+    """Install a Node peer's packages into ``folder`` when ``node_modules`` is missing."""
+    if (folder / "node_modules").is_dir():
+        return True
+    npm = find_tool("npm")
+    if npm is None:
+        return False
+    lock = (folder / "package-lock.json").is_file()
+    command = [npm, "ci" if lock else "install", "--no-audit", "--no-fund", "--omit=dev"]
+    log(f"installing a Node peer's packages: {' '.join(command)} (in {folder})")
+    done = subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        log(f"WARNING: npm failed:\n{done.stderr[-2000:]}")
+        return False
+    return True
+
+
+def express_gateway_contender(
+    upstream: str,
+    name: str = "express gateway",
+    note: str = "",
+    *,
+    checks: bool = True,
+    env: Mapping[str, str] | None = None,
+    log: Log = log_stderr,
+) -> Contender | None:
+    """``peers/express-gateway/server.js``, or None (with a warning) without node and npm.
+
+    With ``checks=False`` it runs with ``--checks off``: the same code, proxying
+    plainly (no JWT, rate limit or identity headers). ``env`` goes to the process
+    (``JWT_SECRET``, ``RATE_LIMIT``, ``ACCESS_LOG``); ``NODE_ENV=production`` always.
+    """
+    node = find_tool("node")
+    if node is None or not npm_install(EXPRESS_GATEWAY_DIR, log):
+        log(f"WARNING: node/npm missing or npm install failed; skipping {name}")
+        return None
+    listen = f"127.0.0.1:{free_port()}"
+    command = [node, str(EXPRESS_GATEWAY_DIR / "server.js"), "--listen", listen,
+               "--upstream", upstream.rstrip("/"), "--checks", "on" if checks else "off"]
+    return Contender(name, f"http://{listen}/", command, note=note,
+                     env={"NODE_ENV": "production", **(env or {})})
+
+
+def node_versions(names: Sequence[str], folder: Path = EXPRESS_GATEWAY_DIR) -> str:
+    """``node v20.1.0, express 5.1.0, ...``: node's version and installed packages'."""
+    parts = []
+    node = find_tool("node")
+    if node is not None:
+        parts.append(f"node {_version([node, '--version'])}")
+    for name in names:
+        with contextlib.suppress(OSError, ValueError):
+            package = json.loads((folder / "node_modules" / name / "package.json").read_text())
+            parts.append(f"{name} {package.get('version', '?')}")
+    return ", ".join(parts)

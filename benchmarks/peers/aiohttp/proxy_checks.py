@@ -15,6 +15,11 @@ write it inline, without a plugin system:
 Forwarding is ``proxy.py``'s (one keep-alive ``ClientSession``, hop-by-hop
 headers stripped, bodies streamed).
 
+With ``ACCESS_LOG=FILE``, aiohttp's access logger writes one JSON line per request
+to FILE (time, method, path, status, duration, bytes out, client address, token
+subject) through a buffered file object: an ``AbstractAccessLogger`` subclass, the
+way aiohttp documents custom access logs.
+
     JWT_SECRET=... python benchmarks/peers/aiohttp/proxy_checks.py \\
         --listen 127.0.0.1:9000 --upstream http://127.0.0.1:8000
 """
@@ -22,12 +27,17 @@ headers stripped, bodies streamed).
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import math
 import os
 import time
+from datetime import UTC, datetime
+from typing import IO
 
 import jwt
 from aiohttp import ClientError, hdrs, web
+from aiohttp.abc import AbstractAccessLogger
 from proxy import SESSION, UPSTREAM, client_session, end_to_end, new_loop
 from yarl import URL
 
@@ -57,6 +67,28 @@ class FixedWindow:
 
 
 LIMITER = web.AppKey("limiter", FixedWindow)
+CONSUMER = "consumer"  # request[CONSUMER]: the token's subject, for the access log
+
+
+class JsonAccessLogger(AbstractAccessLogger):
+    """One JSON line per request, appended to the file named by ``ACCESS_LOG``."""
+
+    out: IO[str] | None = None
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        if self.out is None:
+            return
+        line = {
+            "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "method": request.method,
+            "path": request.raw_path,
+            "status": response.status,
+            "duration_ms": round(time * 1000, 3),
+            "bytes_out": response.body_length,
+            "client_ip": request.remote,
+            "consumer": request.get(CONSUMER),
+        }
+        self.out.write(json.dumps(line, separators=(",", ":")) + "\n")
 
 
 def refuse(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -74,6 +106,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     except jwt.InvalidTokenError:
         return refuse(401, "invalid token", {"WWW-Authenticate": 'Bearer error="invalid_token"'})
 
+    request[CONSUMER] = str(claims["sub"])
     limiter = request.app[LIMITER]
     allowed, remaining, reset = limiter.hit(str(claims["sub"]))
     limit_headers = {"RateLimit-Limit": str(limiter.limit),
@@ -128,15 +161,23 @@ def main(argv: list[str] | None = None) -> None:
     limit = int(os.environ.get("RATE_LIMIT", "1000000000"))
     window = float(os.environ.get("RATE_WINDOW", "60"))
     host, _, port = args.listen.rpartition(":")
+    access_log: logging.Logger | None = None
+    path = os.environ.get("ACCESS_LOG")
+    if path:
+        JsonAccessLogger.out = open(path, "a", buffering=64 * 1024)
+        access_log = logging.getLogger("access")
     web.run_app(
         make_app(args.upstream, secret, limit, window),
         host=host or "127.0.0.1",
         port=int(port),
-        access_log=None,
+        access_log=access_log,
+        access_log_class=JsonAccessLogger,
         print=None,
         shutdown_timeout=2,
         loop=new_loop(),
     )
+    if JsonAccessLogger.out is not None:
+        JsonAccessLogger.out.close()
 
 
 if __name__ == "__main__":

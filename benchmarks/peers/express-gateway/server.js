@@ -8,8 +8,14 @@
 //   JWT_SECRET=... node server.js --listen 127.0.0.1:9000 --upstream http://127.0.0.1:8000
 //
 // RATE_LIMIT (requests per minute per subject, default 1000000000) sets the limit.
+// --checks off (or CHECKS=off) runs the same code as a plain proxy: no token, rate
+// limit or identity headers, only the proxy middleware (JWT_SECRET is then unused).
+// ACCESS_LOG=FILE appends one JSON line per request to FILE (time, method, path,
+// status, duration, bytes out, client address and, with checks, the token subject),
+// written through one fs.WriteStream when the response has finished.
 
 const crypto = require('node:crypto');
+const fs = require('node:fs');
 const http = require('node:http');
 const express = require('express');
 const jwt = require('jsonwebtoken');
@@ -26,7 +32,13 @@ function option(name, fallback) {
 
 const listen = option('listen');
 const upstream = option('upstream');
-if (!process.env.JWT_SECRET) {
+const checksOption = option('checks', process.env.CHECKS || 'on');
+if (checksOption !== 'on' && checksOption !== 'off') {
+  console.error(`--checks must be on or off, not ${checksOption}`);
+  process.exit(2);
+}
+const checks = checksOption === 'on';
+if (checks && !process.env.JWT_SECRET) {
   console.error('JWT_SECRET is not set');
   process.exit(2);
 }
@@ -34,7 +46,7 @@ if (!process.env.JWT_SECRET) {
 // do), jsonwebtoken 9 first tries it as a PEM public key on every call, and that
 // failing parse costs about 0.5 ms per request under OpenSSL 3: 30 times the
 // verification itself. This peer takes the fast path.
-const secret = crypto.createSecretKey(Buffer.from(process.env.JWT_SECRET));
+const secret = checks ? crypto.createSecretKey(Buffer.from(process.env.JWT_SECRET)) : null;
 const limit = Number(process.env.RATE_LIMIT || 1000000000);
 const separator = listen.lastIndexOf(':');
 const host = listen.slice(0, separator) || '127.0.0.1';
@@ -43,6 +55,28 @@ const port = Number(listen.slice(separator + 1));
 const app = express();
 app.disable('x-powered-by');
 app.disable('etag');
+
+// 0. Access log: one JSON line per request, once the response has finished.
+const accessLog = process.env.ACCESS_LOG
+  ? fs.createWriteStream(process.env.ACCESS_LOG, { flags: 'a' })
+  : null;
+function logAccess(req, res, next) {
+  const start = process.hrtime.bigint();
+  res.on('finish', () => {
+    const line = {
+      time: new Date().toISOString(),
+      method: req.method,
+      path: req.originalUrl,
+      status: res.statusCode,
+      duration_ms: Number(process.hrtime.bigint() - start) / 1e6,
+      bytes_out: Number(res.getHeader('content-length')) || null,
+      client_ip: req.socket.remoteAddress,
+      consumer: req.user ? String(req.user.sub) : null,
+    };
+    accessLog.write(JSON.stringify(line) + '\n');
+  });
+  next();
+}
 
 // 1. Authentication: a bearer token, verified on every request.
 function authenticate(req, res, next) {
@@ -63,7 +97,7 @@ function authenticate(req, res, next) {
 }
 
 // 2. Rate limit: express-rate-limit's in-memory store, one window per minute.
-const limiter = rateLimit({
+const limiter = checks && rateLimit({
   windowMs: 60 * 1000,
   limit,
   standardHeaders: 'draft-6', // RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset
@@ -98,15 +132,18 @@ const proxy = createProxyMiddleware({
   },
 });
 
-app.use(authenticate, limiter, identityHeaders, proxy);
+if (accessLog) app.use(logAccess);
+if (checks) app.use(authenticate, limiter, identityHeaders);
+app.use(proxy);
 
 const server = app.listen(port, host, () => {
-  console.log(`express gateway on http://${host}:${port} -> ${upstream}`);
+  console.log(`express gateway on http://${host}:${port} -> ${upstream}` +
+    (checks ? '' : ' (checks off)') + (accessLog ? `, access log ${process.env.ACCESS_LOG}` : ''));
 });
 server.keepAliveTimeout = 75 * 1000;
 
 function stop() {
-  server.close(() => process.exit(0));
+  server.close(() => (accessLog ? accessLog.end(() => process.exit(0)) : process.exit(0)));
   setTimeout(() => process.exit(0), 2000).unref();
 }
 process.on('SIGTERM', stop);
