@@ -61,11 +61,29 @@ async def call_step(step: Step, hook: str, args: tuple[Any, ...], ctx: Context) 
         raise PluginFailure(step.plugin, hook) from exc
 
 
+def call_sync(step: Step, hook: str, args: tuple[Any, ...], ctx: Context) -> Any:
+    """:func:`call_step` for a plain-function implementation, without a coroutine."""
+    ctx.config = step.config
+    try:
+        if step.args is not None:
+            args = tuple(args[i] for i in step.args)
+        return step.func(*args)
+    except GatewayError:
+        raise
+    except Exception as exc:
+        log.error("plugin raised", plugin=step.plugin, hook=hook, request_id=ctx.request_id,
+                  error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+        raise PluginFailure(step.plugin, hook) from exc
+
+
 async def first_response(steps: tuple[Step, ...], hook: str, request: web.BaseRequest,
                          ctx: Context) -> web.StreamResponse | None:
     """Run ``pre_route``/``admit`` implementations until one answers."""
     for step in steps:
-        response = await call_step(step, hook, (request, ctx), ctx)
+        if step.is_async:
+            response = await call_step(step, hook, (request, ctx), ctx)
+        else:
+            response = call_sync(step, hook, (request, ctx), ctx)
         if response is not None:
             return response
     return None
@@ -74,8 +92,12 @@ async def first_response(steps: tuple[Step, ...], hook: str, request: web.BaseRe
 async def transform(chain: Chain, request: web.BaseRequest, ctx: Context,
                     upstream_request: UpstreamRequest) -> None:
     """Run every ``transform_request`` implementation (for each upstream call)."""
+    args = (request, ctx, upstream_request)
     for step in chain.transform_request:
-        await call_step(step, "transform_request", (request, ctx, upstream_request), ctx)
+        if step.is_async:
+            await call_step(step, "transform_request", args, ctx)
+        else:
+            call_sync(step, "transform_request", args, ctx)
 
 
 class InFlight:
@@ -172,7 +194,9 @@ class Pipeline:
                         response = await first_response(chain.pre_route, "pre_route", request, ctx)
                     if response is None and chain.authenticate:
                         for step in chain.authenticate:
-                            identity = await call_step(step, "authenticate", (request, ctx), ctx)
+                            identity = (await call_step(step, "authenticate", (request, ctx), ctx)
+                                    if step.is_async else
+                                    call_sync(step, "authenticate", (request, ctx), ctx))
                             if identity is not None:
                                 ctx.identity = identity
                                 break
@@ -221,7 +245,11 @@ class Pipeline:
             if chain is not None and chain.post_response:
                 try:
                     for step in chain.post_response:
-                        await call_step(step, "post_response", (request, ctx, response), ctx)
+                        if step.is_async:
+                            await call_step(step, "post_response", (request, ctx, response),
+                                            ctx)
+                        else:
+                            call_sync(step, "post_response", (request, ctx, response), ctx)
                 except (GatewayError, PluginFailure) as failure:
                     stream = None
                     if isinstance(failure, GatewayError):
