@@ -126,21 +126,11 @@ class JwksCache:
 
 
 def _plugin_configs(app: Any) -> Iterator[JwtConfig]:
-    """Every ``jwt`` config instance of the gateway: the global one and each route's.
-
-    The core hands ``startup`` only the global config, and request hooks get no
-    handle on the gateway, so the per-route instances are reached through the
-    compiled chains to bind them to this gateway's key sets.
-    """
-    chains = [getattr(app, "global_chain", None)]
-    for route in getattr(getattr(app, "router", None), "routes", ()):
-        chains.append(getattr(getattr(route, "payload", None), "chain", None))
-    seen: set[int] = set()
-    for chain in chains:
-        for config in dict(getattr(chain, "configs", None) or {}).values():
-            if isinstance(config, JwtConfig) and id(config) not in seen:
-                seen.add(id(config))
-                yield config
+    """Every ``jwt`` config instance of the gateway: the global one and each route's."""
+    found = getattr(app, "plugin_configs", None)
+    for config in (found("jwt") if found is not None else ()):
+        if isinstance(config, JwtConfig):
+            yield config
 
 
 def attach(app: Any, config: Any = None) -> dict[tuple[Any, ...], JwksCache]:

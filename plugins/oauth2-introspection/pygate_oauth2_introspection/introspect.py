@@ -225,21 +225,11 @@ class Introspector:
 
 
 def _plugin_configs(app: Any) -> Iterator[IntrospectionConfig]:
-    """Every ``oauth2-introspection`` config instance of the gateway (global, per route).
-
-    The core gives ``startup`` only the global config and request hooks no
-    handle on the gateway, so the per-route instances are reached through the
-    compiled chains.
-    """
-    chains = [getattr(app, "global_chain", None)]
-    for route in getattr(getattr(app, "router", None), "routes", ()):
-        chains.append(getattr(getattr(route, "payload", None), "chain", None))
-    seen: set[int] = set()
-    for chain in chains:
-        for config in dict(getattr(chain, "configs", None) or {}).values():
-            if isinstance(config, IntrospectionConfig) and id(config) not in seen:
-                seen.add(id(config))
-                yield config
+    """Every ``oauth2-introspection`` config instance of the gateway (global, per route)."""
+    found = getattr(app, "plugin_configs", None)
+    for config in (found("oauth2-introspection") if found is not None else ()):
+        if isinstance(config, IntrospectionConfig):
+            yield config
 
 
 def attach(app: Any, config: Any = None) -> dict[tuple[object, ...], Introspector]:
