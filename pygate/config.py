@@ -149,9 +149,28 @@ def split_listen(value: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+def parse_backend(value: Any) -> str:
+    """A plugin's state backend: ``"memory"`` or a Redis URL (``redis://``, ``rediss://``,
+    ``unix://``), checked with redis-py's own parser when it is installed."""
+    if value == "memory":
+        return "memory"
+    if isinstance(value, str) and value.startswith(("redis://", "rediss://", "unix://")):
+        try:
+            from redis.connection import parse_url
+        except ImportError:  # the plugin that needs Redis depends on redis-py
+            return value
+        try:
+            parse_url(value)
+        except ValueError as exc:
+            raise ValueError(f"invalid Redis URL: {exc}") from None
+        return value
+    raise ValueError(f'expected "memory" or a URL like "redis://host:port/db", found {value!r}')
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(parse_size)]
 Listen = Annotated[str, BeforeValidator(parse_listen)]
+Backend = Annotated[str, BeforeValidator(parse_backend)]  # "memory" or a Redis URL
 
 
 class Model(BaseModel):

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from pygate.config import Duration, Size
+from pygate.config import Backend, Duration, Size
 
 CACHEABLE_METHODS = ("GET", "HEAD")
 
@@ -17,7 +17,7 @@ class CacheConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     ttl: Duration = 30.0
-    backend: str = "memory"
+    backend: Backend = "memory"
     max_entries: int = Field(default=10_000, ge=1)
     max_bytes: Size = 64 * 1024 * 1024
     max_object: Size = 1024 * 1024
@@ -62,22 +62,6 @@ class CacheConfig(BaseModel):
         if not methods:
             raise ValueError('expected at least one method: ["GET", "HEAD"]')
         return methods
-
-    @field_validator("backend")
-    @classmethod
-    def _backend(cls, value: str) -> str:
-        if value == "memory":
-            return value
-        if value.startswith(("redis://", "rediss://", "unix://")):
-            from redis.connection import parse_url
-
-            try:
-                parse_url(value)
-            except ValueError as exc:
-                raise ValueError(f"invalid Redis URL: {exc}") from None
-            return value
-        raise ValueError(f'expected "memory" or a URL like "redis://host:port/db", '
-                         f"found {value!r}")
 
     @model_validator(mode="after")
     def _object_fits(self) -> CacheConfig:

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from pygate.config import Duration
+from pygate.config import Backend, Duration
 
 from .algorithms import Limit
 
@@ -45,7 +45,7 @@ class RateLimitConfig(BaseModel):
     algorithm: Literal["sliding-window", "fixed-window", "token-bucket"] = "sliding-window"
     key: str = "ip"
     scope: Literal["route", "global"] = "route"
-    backend: str = "memory"
+    backend: Backend = "memory"
     on_backend_error: Literal["allow", "deny"] = "allow"
     backend_timeout: Duration = 0.25
     key_prefix: str = Field(default="pygate:rl", min_length=1)
@@ -66,22 +66,6 @@ class RateLimitConfig(BaseModel):
         if kind == "header" and sep and _HEADER_NAME.match(name):
             return value
         raise ValueError(f'expected "ip", "consumer" or "header:NAME", found {value!r}')
-
-    @field_validator("backend")
-    @classmethod
-    def _backend(cls, value: str) -> str:
-        if value == "memory":
-            return value
-        if value.startswith(("redis://", "rediss://", "unix://")):
-            from redis.connection import parse_url
-
-            try:
-                parse_url(value)
-            except ValueError as exc:
-                raise ValueError(f"invalid Redis URL: {exc}") from None
-            return value
-        raise ValueError(f'expected "memory" or a URL like "redis://host:port/db", '
-                         f"found {value!r}")
 
     @field_validator("backend_timeout")
     @classmethod
