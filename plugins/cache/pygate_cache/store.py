@@ -21,7 +21,6 @@ and their single flights, and is closed when the last gateway of the loop stops.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import time
@@ -32,6 +31,8 @@ from urllib.parse import urlsplit, urlunsplit
 import structlog
 from cachetools import TLRUCache
 from multidict import MultiMapping
+
+from pygate.shared import PerLoop
 
 from .config import CacheConfig
 from .flight import SingleFlight
@@ -366,7 +367,6 @@ class Registry:
 
     def __init__(self) -> None:
         self.caches: dict[tuple[Any, ...], Cache] = {}
-        self.users = 0
 
     def cache(self, config: CacheConfig) -> Cache:
         ident = cache_id(config)
@@ -393,30 +393,10 @@ class Registry:
                             error=f"{type(exc).__name__}: {exc}")
 
 
-_registries: dict[asyncio.AbstractEventLoop, Registry] = {}
-
-
-def registry() -> Registry:
-    """The current event loop's registry (created on first use)."""
-    loop = asyncio.get_running_loop()
-    found = _registries.get(loop)
-    if found is None:
-        found = _registries[loop] = Registry()
-    return found
-
-
-def acquire() -> Registry:
-    found = registry()
-    found.users += 1
-    return found
-
-
-async def release() -> None:
-    found = registry()
-    found.users -= 1
-    if found.users <= 0:
-        _registries.pop(asyncio.get_running_loop(), None)
-        await found.close()
+_shared: PerLoop[Registry] = PerLoop(Registry)
+registry = _shared.get  # the running loop's registry (created on first use)
+acquire = _shared.acquire  # a gateway starts using it (startup)
+release = _shared.release  # a gateway stops; the last one closes the stores (shutdown)
 
 
 async def purge_caches(caches: Sequence[Cache], prefix: str) -> int:

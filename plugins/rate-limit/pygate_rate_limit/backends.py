@@ -19,7 +19,6 @@ that needs them, and kept in a :class:`Registry` per event loop that the plugin'
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import re
 import time
@@ -29,6 +28,8 @@ from typing import Any, Protocol, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import structlog
+
+from pygate.shared import PerLoop
 
 from .algorithms import (
     FIXED_WINDOW,
@@ -332,7 +333,6 @@ class Registry:
 
     def __init__(self) -> None:
         self.stores: dict[tuple[str, float], Store] = {}
-        self.users = 0
         self.failures: dict[str, Failures] = {}
 
     def store(self, backend: str, timeout: float) -> Store:
@@ -353,30 +353,10 @@ class Registry:
                             error=f"{type(exc).__name__}: {exc}")
 
 
-_registries: dict[asyncio.AbstractEventLoop, Registry] = {}
-
-
-def registry() -> Registry:
-    """The current event loop's registry (created on first use)."""
-    loop = asyncio.get_running_loop()
-    found = _registries.get(loop)
-    if found is None:
-        found = _registries[loop] = Registry()
-    return found
-
-
-def acquire() -> Registry:
-    found = registry()
-    found.users += 1
-    return found
-
-
-async def release() -> None:
-    found = registry()
-    found.users -= 1
-    if found.users <= 0:
-        _registries.pop(asyncio.get_running_loop(), None)
-        await found.close()
+_shared: PerLoop[Registry] = PerLoop(Registry)
+registry = _shared.get  # the running loop's registry (created on first use)
+acquire = _shared.acquire  # a gateway starts using it (startup)
+release = _shared.release  # a gateway stops; the last one closes the stores (shutdown)
 
 
 class Failures:
