@@ -141,6 +141,7 @@ class Pipeline:
         on_gw = self.on_gw
         self.in_flight += 1
         on_gw.count += 1
+        stream: Streamer | None = None  # the response body, until it is written or dropped
         try:
             gw = self.gw
             headers = request.headers
@@ -158,7 +159,6 @@ class Pipeline:
             # Until a route is known (a path refused before routing), the global chain's
             # post_response and log hooks see the request.
             chain: Chain | None = gw.global_chain
-            stream: Streamer | None = None
             response: web.StreamResponse | None = None
             close = False
             try:
@@ -236,8 +236,6 @@ class Pipeline:
                 ctx.error = type(exc).__name__
 
             assert response is not None
-            if stream is None or not isinstance(response, web.StreamResponse):
-                stream = None
             response_headers = response.headers
             if "X-Request-ID" not in response_headers:
                 response_headers["X-Request-ID"] = ctx.request_id
@@ -251,7 +249,9 @@ class Pipeline:
                         else:
                             call_sync(step, "post_response", (request, ctx, response), ctx)
                 except (GatewayError, PluginFailure) as failure:
-                    stream = None
+                    if stream is not None:
+                        stream.discard()
+                        stream = None
                     if isinstance(failure, GatewayError):
                         response = from_error(failure, request_id=ctx.request_id,
                                               route=ctx.route.name if ctx.route else None)
@@ -268,6 +268,8 @@ class Pipeline:
                 self._schedule_log(chain, ctx, request, response)
             return response
         finally:
+            if stream is not None:
+                stream.discard()  # a no-op once written; else the upstream is let go
             self.in_flight -= 1
             on_gw.count -= 1
 

@@ -24,7 +24,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from pygate import Context, hookimpl
+from pygate import Context, Forbidden, hookimpl
 from pygate.testing import TestGateway as RunningGateway
 from tests.conftest import GatewayFactory
 
@@ -290,6 +290,75 @@ async def test_client_leaving_before_the_upstream_answers_frees_the_connection(
     assert record["error"] == "the client closed the connection"
     async with gw.session.get(gw.url + "/events/ping") as pong:
         assert await pong.text() == "pong"
+
+
+async def test_client_leaving_as_the_upstream_answers_gives_the_connection_back(
+        pygate_gateway: GatewayStarter, streaming_upstream: Any) -> None:
+    """The client is gone by the time the response head would be sent.
+
+    The upstream's answer is never written anywhere; its connection must still
+    return to the pool (one connection allowed: otherwise every later request
+    would wait for it forever).
+    """
+    arrived = asyncio.Event()
+    answer = asyncio.Event()
+
+    async def late(request: web.Request) -> web.StreamResponse:
+        if request.path.endswith("/ping"):
+            return web.Response(text="pong")
+        arrived.set()
+        await asyncio.wait_for(answer.wait(), WAIT)
+        return web.Response(text="nobody reads this")
+
+    up = await streaming_upstream(late)
+    gw = await pygate_gateway(config(up.url, max_connections=1))
+    for _ in range(3):
+        arrived.clear()
+        answer.clear()
+        _, writer = await asyncio.open_connection(gw.running.host, gw.running.port)
+        writer.write(b"GET /events/late HTTP/1.1\r\nHost: gw\r\n\r\n")
+        await writer.drain()
+        await asyncio.wait_for(arrived.wait(), WAIT)
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+        await asyncio.sleep(0.02)  # the gateway sees the close ...
+        answer.set()  # ... before the upstream answers
+        async with gw.session.get(gw.url + "/events/ping",
+                                  timeout=aiohttp.ClientTimeout(total=WAIT)) as pong:
+            assert await pong.text() == "pong"
+    assert up.open_connections <= 1
+
+
+class RefuseResponse:
+    """An in-test plugin whose ``post_response`` refuses some proxied responses."""
+
+    PRIORITY = 10
+
+    @hookimpl
+    def post_response(self, request: web.BaseRequest, response: web.StreamResponse) -> None:
+        if request.path.endswith("/refused"):
+            raise Forbidden("not for you")
+
+
+async def test_response_refused_after_the_upstream_answered_gives_the_connection_back(
+        pygate_gateway: GatewayStarter, streaming_upstream: Any) -> None:
+    async def answer(request: web.Request) -> web.StreamResponse:
+        if request.path.endswith("/ping"):
+            return web.Response(text="pong")
+        return web.Response(body=b"secret" * 20000)  # more than is read ahead
+
+    up = await streaming_upstream(answer)
+    gw = await pygate_gateway(config(up.url, plugin="refuse", max_connections=1),
+                              plugins={"refuse": RefuseResponse()})
+    timeout = aiohttp.ClientTimeout(total=WAIT)
+    for _ in range(3):
+        async with gw.session.get(gw.url + "/events/refused", timeout=timeout) as refused:
+            assert refused.status == 403
+            assert refused.headers["Content-Type"] == "application/problem+json"
+            assert b"secret" not in await refused.read()
+        async with gw.session.get(gw.url + "/events/ping", timeout=timeout) as pong:
+            assert await pong.text() == "pong"
 
 
 async def test_pygate_serve_frees_the_upstream_when_an_event_stream_client_leaves(

@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import ssl
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
+from typing import Protocol
 
 import aiohttp
 import structlog
@@ -45,7 +46,18 @@ log = structlog.get_logger("pygate")
 
 SMALL_BODY = 64 * 1024
 
-Streamer = Callable[[web.StreamResponse], Awaitable[None]]
+class Streamer(Protocol):
+    """Writes a response's body after its head; or lets go of it, never written.
+
+    The pipeline calls exactly one of the two, or ``discard`` after the call
+    (then a no-op): a body whose response is never sent (a ``post_response``
+    hook refused it, the client left before the head went out) must still give
+    its upstream connection back.
+    """
+
+    async def __call__(self, sent: web.StreamResponse) -> None: ...
+
+    def discard(self) -> None: ...
 
 
 class BodyLimit:
@@ -272,8 +284,24 @@ async def exchange(
             return web.Response(status=response.status, reason=response.reason,
                                 headers=headers, body=whole), None
     out = web.StreamResponse(status=response.status, reason=response.reason, headers=headers)
+    return out, ProxiedBody(request, ctx, response, prefix)
 
-    async def stream(sent: web.StreamResponse) -> None:
+
+class ProxiedBody:
+    """The :class:`Streamer` of a proxied response: the upstream's body, chunk by chunk."""
+
+    __slots__ = ("ctx", "prefix", "request", "response")
+
+    def __init__(self, request: web.BaseRequest, ctx: Context, response: UpstreamResponse,
+                 prefix: list[bytes]) -> None:
+        self.request = request
+        self.ctx = ctx
+        self.response = response
+        self.prefix = prefix  # chunks already read (while trying to capture the body)
+
+    async def __call__(self, sent: web.StreamResponse) -> None:
+        response, ctx, prefix = self.response, self.ctx, self.prefix
+        length = response.content_length
         try:
             total = 0
             for chunk in prefix:
@@ -284,7 +312,7 @@ async def exchange(
                 total = len(chunk)
                 await sent.write(chunk)
             else:
-                with ClientWatch(request):
+                with ClientWatch(self.request):
                     async for chunk in response:
                         total += len(chunk)
                         ctx.bytes_out = total
@@ -299,13 +327,15 @@ async def exchange(
             # The status line is out: the only honest signal left is a cut connection.
             ctx.error = f"upstream failed mid-body: {_reason(exc)}"
             response.close()
-            if request.transport is not None:
-                request.transport.close()
+            if self.request.transport is not None:
+                self.request.transport.close()
             return
         finally:
             response.release()
 
-    return out, stream
+    def discard(self) -> None:
+        # Unread (or partly read) body: the connection cannot carry another request.
+        self.response.close()
 
 
 async def _read_up_to(response: UpstreamResponse, limit: int

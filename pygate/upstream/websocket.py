@@ -186,12 +186,7 @@ async def connect(
     )
     bridge = Bridge(client_ws, upstream_ws, ctx, target, sockets)
     sockets.bridges.add(bridge)
-    task = asyncio.current_task()
-    if task is not None:
-        # When the handshake never happens (a post_response hook refused, the
-        # client left), the request ends without the streamer: let go upstream.
-        task.add_done_callback(bridge.abandon)
-    return client_ws, bridge.run
+    return client_ws, bridge
 
 
 def _refusal(exc: Exception, label: str) -> GatewayError:
@@ -304,7 +299,7 @@ class Bridge:
         """Start closing both sides with 1001 (the gateway is draining).
 
         A bridge whose handshake is not out yet is closed when it starts (or
-        released by :meth:`abandon` if it never does).
+        released by :meth:`discard` if it never does).
         """
         if self.started and self._closing is None and not self.finished:
             self._closing = self.sockets.spawn(
@@ -320,7 +315,10 @@ class Bridge:
                 log.warning("WebSocket close failed", request_id=self.ctx.request_id,
                             error=f"{type(result).__name__}: {result}")
 
-    def abandon(self, _task: object = None) -> None:
+    async def __call__(self, sent: web.StreamResponse) -> None:
+        await self.run(sent)
+
+    def discard(self) -> None:
         """The request ended: release the upstream side if the pumps never ran."""
         if self.started or self.finished:
             return
