@@ -210,6 +210,62 @@ async def test_pool_limit_makes_requests_wait(upstream) -> None:
     await p.close()
 
 
+async def test_at_the_limit_requests_are_served_in_arrival_order(upstream) -> None:
+    """A connection given back goes to the longest waiter, not to a request that came later.
+
+    Otherwise, under load, a request can lose the race for a freed connection
+    again and again while newer ones are served (a latency tail of seconds).
+    """
+    port, _ = upstream
+    p = pool(port, limit=1)
+    held = await p.request("GET", "/held", [])
+    order: list[int] = []
+
+    async def one(index: int) -> None:
+        response = await p.request("GET", f"/{index}", [])
+        await response.read()
+        order.append(index)
+
+    waiting = [asyncio.create_task(one(i)) for i in range(3)]
+    await asyncio.sleep(0.05)  # all three are in line now
+    await held.read()  # the connection comes back ...
+    assert p.idle_connection() is None  # ... to the first in line, not to a newcomer
+    late = asyncio.create_task(one(99))
+    await asyncio.wait_for(asyncio.gather(*waiting, late), 5)
+    assert order == [0, 1, 2, 99]
+    assert p.size == 1
+    await p.close()
+
+
+async def test_a_waiter_that_gives_up_passes_the_connection_on(upstream) -> None:
+    port, _ = upstream
+    p = pool(port, limit=1)
+    held = await p.request("GET", "/held", [])
+    quitter = asyncio.create_task(p.request("GET", "/quitter", []))
+    patient = asyncio.create_task(p.request("GET", "/patient", []))
+    await asyncio.sleep(0.05)
+    await held.read()  # handed to the quitter, which is cancelled before it runs
+    quitter.cancel()
+    response = await asyncio.wait_for(patient, 5)
+    assert b'"/patient"' in await response.read()
+    assert quitter.cancelled()
+    assert p.size == 1
+    await p.close()
+
+
+async def test_a_closed_connection_frees_its_place_for_a_waiter(upstream) -> None:
+    port, _ = upstream
+    p = pool(port, limit=1)
+    held = await p.request("GET", "/held", [])
+    waiter = asyncio.create_task(p.request("GET", "/next", []))
+    await asyncio.sleep(0.05)
+    held.close()  # body left unread: the connection is dropped, a new one may open
+    response = await asyncio.wait_for(waiter, 5)
+    assert b'"/next"' in await response.read()
+    assert p.size == 1
+    await p.close()
+
+
 def test_head_refuses_header_injection() -> None:
     with pytest.raises(ValueError):
         build_head("GET", "/", [("X-A", "ok\r\nX-Injected: 1")], "h", 80, None)

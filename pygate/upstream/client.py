@@ -405,7 +405,7 @@ class Pool:
         self.server_hostname = host if scheme == "https" else None
         self._idle: collections.deque[Connection] = collections.deque()
         self._open: set[Connection] = set()
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._waiters: collections.deque[asyncio.Future[Connection | None]] = collections.deque()
         self.closed = False
 
     @property
@@ -427,23 +427,36 @@ class Pool:
         return None
 
     async def acquire(self) -> tuple[Connection, bool]:
-        """A connection and whether it was reused from the idle set."""
+        """A connection and whether it was reused from the idle set.
+
+        At the limit, callers wait in line: a connection given back goes
+        straight to the first in line (:meth:`put_back`), so a request that
+        arrives later cannot take it first, and a place freed by a closed
+        connection lets the first in line open a new one.
+        """
         conn = self.idle_connection()
         if conn is not None:
             return conn, True
-        idle = self._idle
+        first = False
         while len(self._open) >= self.limit:
-            waiter = self.loop.create_future()
-            self._waiters.append(waiter)
+            waiter: asyncio.Future[Connection | None] = self.loop.create_future()
+            if first:
+                self._waiters.appendleft(waiter)  # woken, then outrun: keep its place
+            else:
+                self._waiters.append(waiter)
             try:
-                await waiter
-            finally:
-                if waiter in self._waiters:
+                handed = await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._pass_on(waiter.result())  # handed over just as we gave up
+                elif waiter in self._waiters:
                     self._waiters.remove(waiter)
-            if idle:
-                conn = idle.pop()
-                if not conn.lost:
-                    return conn, True
+                raise
+            if handed is not None:
+                if not handed.lost:
+                    return handed, True
+                continue  # closed meanwhile: its place is free
+            first = True
         return await self._connect(), False
 
     async def _connect(self) -> Connection:
@@ -469,20 +482,23 @@ class Pool:
         if self.closed:
             conn._abort()
             return
-        self._idle.append(conn)
-        self._wake_one()
+        self._pass_on(conn)
 
     def forget(self, conn: Connection) -> None:
         if conn in self._open:
             self._open.discard(conn)
-            self._wake_one()
+            self._pass_on(None)
 
-    def _wake_one(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
+    def _pass_on(self, conn: Connection | None) -> None:
+        """Hand ``conn`` (or, with ``None``, a free place) to the first caller waiting."""
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
             if not waiter.done():
-                waiter.set_result(None)
+                waiter.set_result(conn)
                 return
+        if conn is not None:
+            self._idle.append(conn)
 
     async def request(self, method: str, target: str, headers: Iterable[tuple[str, str]],
                       body: bytes | AsyncIterator[bytes] | None = None) -> UpstreamResponse:
