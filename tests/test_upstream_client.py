@@ -12,6 +12,7 @@ from aiohttp import web
 from pygate.testing import free_port
 from pygate.upstream.client import (
     ConnectError,
+    ConnectTimeout,
     Disconnected,
     Pool,
     ProtocolError,
@@ -262,6 +263,20 @@ async def test_a_closed_connection_frees_its_place_for_a_waiter(upstream) -> Non
     held.close()  # body left unread: the connection is dropped, a new one may open
     response = await asyncio.wait_for(waiter, 5)
     assert b'"/next"' in await response.read()
+    assert p.size == 1
+    await p.close()
+
+
+async def test_waiting_for_a_free_connection_is_bounded_by_the_connect_timeout(
+        upstream) -> None:
+    port, _ = upstream
+    p = pool(port, limit=1, connect_timeout=0.2)
+    held = await p.request("GET", "/held", [])
+    with pytest.raises(ConnectTimeout):
+        await asyncio.wait_for(p.request("GET", "/waits", []), 5)
+    await held.read()  # the connection is still good, and nobody is left in line
+    response = await p.request("GET", "/after", [])
+    assert b'"/after"' in await response.read()
     assert p.size == 1
     await p.close()
 

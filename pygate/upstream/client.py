@@ -429,15 +429,17 @@ class Pool:
     async def acquire(self) -> tuple[Connection, bool]:
         """A connection and whether it was reused from the idle set.
 
-        At the limit, callers wait in line: a connection given back goes
-        straight to the first in line (:meth:`put_back`), so a request that
-        arrives later cannot take it first, and a place freed by a closed
-        connection lets the first in line open a new one.
+        At the limit, callers wait in line, for at most ``connect_timeout``
+        (then :class:`ConnectTimeout`): a connection given back goes straight
+        to the first in line (:meth:`put_back`), so a request that arrives
+        later cannot take it first, and a place freed by a closed connection
+        lets the first in line open a new one.
         """
         conn = self.idle_connection()
         if conn is not None:
             return conn, True
         first = False
+        deadline = self.loop.time() + self.connect_timeout
         while len(self._open) >= self.limit:
             waiter: asyncio.Future[Connection | None] = self.loop.create_future()
             if first:
@@ -445,12 +447,15 @@ class Pool:
             else:
                 self._waiters.append(waiter)
             try:
-                handed = await waiter
-            except asyncio.CancelledError:
+                async with asyncio.timeout_at(deadline):
+                    handed = await waiter
+            except (asyncio.CancelledError, TimeoutError) as exc:
                 if waiter.done() and not waiter.cancelled():
                     self._pass_on(waiter.result())  # handed over just as we gave up
                 elif waiter in self._waiters:
                     self._waiters.remove(waiter)
+                if isinstance(exc, TimeoutError):
+                    raise ConnectTimeout() from None
                 raise
             if handed is not None:
                 if not handed.lost:
