@@ -30,6 +30,7 @@ from aiohttp.web_protocol import RequestHandler
 from .app import Gateway
 from .config import ConfigError
 from .errors import PROBLEM_CONTENT_TYPE, problem_body
+from .listener import AcceptSite, bind
 from .pipeline import InFlight, Pipeline
 from .sanitize import request_id
 
@@ -189,29 +190,28 @@ async def _retire(gateway: Gateway, left: InFlight) -> None:
 
 
 async def start(gateway: Gateway, host: str, port: int, *,
-                sock: socket.socket | None = None, reuse_port: bool = False) -> Running:
-    """Start the gateway's resources, then bind and serve."""
+                socks: Sequence[socket.socket] = (), reuse_port: bool = False) -> Running:
+    """Start the gateway's resources, then bind ``host:port`` and serve.
+
+    With ``socks`` (already bound and listening, e.g. by the workers'
+    supervisor) the gateway serves on those instead of binding.
+    """
     await gateway.start()
     try:
+        if not socks:
+            socks = bind(host, port, reuse_port=reuse_port)
         pipeline = Pipeline(gateway)
         server = make_server(pipeline.handle)
         runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=CUT_GRACE)
         await runner.setup()
-        site: web.BaseSite
-        if sock is not None:
-            site = web.SockSite(runner, sock)
-        else:
-            site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=1024)
-        await site.start()
+        sites = [AcceptSite(runner, sock) for sock in socks]
+        for site in sites:
+            await site.start()
     except BaseException:
         await gateway.stop()
         raise
-    bound_host, bound_port = host, port
-    server_obj: Any = getattr(site, "_server", None)
-    if server_obj is not None and server_obj.sockets:
-        address = server_obj.sockets[0].getsockname()
-        bound_host, bound_port = address[0], address[1]
-    return Running(gateway, runner, site, bound_host, bound_port, pipeline)
+    address = socks[0].getsockname()
+    return Running(gateway, runner, sites[0], address[0], address[1], pipeline)
 
 
 Loader = Callable[[], Gateway]
@@ -236,11 +236,7 @@ async def serve_forever(gateway: Gateway, host: str, port: int, *,
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, hangup.set)
     try:
-        running = await start(gateway, host, port, sock=socks[0] if socks else None,
-                              reuse_port=reuse_port)
-        for extra in socks[1:]:
-            site = web.SockSite(running.runner, extra)
-            await site.start()
+        running = await start(gateway, host, port, socks=socks, reuse_port=reuse_port)
         log.info("listening", url=running.url, routes=len(gateway.router.routes))
         if on_ready is not None:
             on_ready(running)

@@ -38,6 +38,7 @@ from typing import Any
 import structlog
 
 from .app import Gateway
+from .listener import bind
 from .server import (
     Loader,
     Running,
@@ -84,38 +85,6 @@ def restart_delay(failures: int) -> float:
     if failures <= 1:
         return 0.0
     return min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (failures - 2))
-
-
-def bind(host: str, port: int) -> list[socket.socket]:
-    """Listening ``SO_REUSEPORT`` sockets for ``host:port`` (one per address of ``host``).
-
-    Port 0 picks a free port for the first address and uses it for the others.
-    """
-    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
-                               flags=socket.AI_PASSIVE)
-    socks: list[socket.socket] = []
-    seen: set[Any] = set()
-    try:
-        for family, kind, proto, _, address in infos:
-            if address in seen:
-                continue
-            seen.add(address)
-            sock = socket.socket(family, kind, proto)
-            socks.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            if port == 0 and len(socks) > 1:
-                address = (address[0], socks[0].getsockname()[1], *address[2:])
-            sock.bind(address)
-            sock.listen(1024)
-            sock.setblocking(False)
-    except BaseException:
-        for sock in socks:
-            sock.close()
-        raise
-    return socks
 
 
 @dataclass(eq=False)
@@ -169,7 +138,7 @@ class Supervisor:
         supervisor = cls(gateway, host, port, count, reload)
         try:
             for slot in supervisor.slots:
-                slot.socks = bind(host, supervisor.port)
+                slot.socks = bind(host, supervisor.port, reuse_port=True)
                 supervisor.port = slot.socks[0].getsockname()[1]
         except BaseException:
             for slot in supervisor.slots:
@@ -255,7 +224,7 @@ class Supervisor:
         slot.restart_at = None
         if not slot.socks:
             try:
-                slot.socks = bind(self.host, self.port)
+                slot.socks = bind(self.host, self.port, reuse_port=True)
             except OSError as exc:
                 self._retry_later(slot, f"cannot listen on {self.url}: {exc.strerror or exc}")
                 return
