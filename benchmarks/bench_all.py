@@ -21,7 +21,9 @@ each cell the median over the rounds, errors summed and flagged:
 6. ``download`` and 7. ``upload``: 10 MB through each gateway at 8 connections,
    with the peak RSS growth of each gateway process (``bench_streaming``);
 8. ``scaling``: pygate ``--workers 1`` against ``--workers 2``, not pinned
-   (``bench_passthrough.scaling_contenders``).
+   (``bench_passthrough.scaling_contenders``);
+9. ``memory``: pygate's memory per idle keep-alive connection and per
+   in-flight request, 1,000 of each (``bench_memory.measure``).
 
 Each gateway runs as one process pinned to the gateway CPU; wrk and the
 upstreams share the load CPU (but in ``scaling``). Then the targets of
@@ -37,6 +39,7 @@ interrupted.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
 import time
@@ -46,6 +49,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import bench_aggregate
+import bench_memory
 import bench_passthrough
 import bench_plugins
 import bench_streaming
@@ -80,6 +84,7 @@ class Context:
     stream_connections: int
     skip_verify: bool
     log: Log = log_stderr
+    figures: dict[str, dict[str, float]] = field(default_factory=dict)  # by scenario key
 
 
 @dataclass
@@ -92,6 +97,7 @@ class Outcome:
     latency: list[Result] = field(default_factory=list)  # aggregate, one connection
     text: str = ""
     failure: str | None = None
+    figures: dict[str, float] = field(default_factory=dict)  # what is not a wrk result
 
     def find(self, name: str, latency: bool = False) -> Result | None:
         return next((r for r in (self.latency if latency else self.results) if r.name == name),
@@ -151,6 +157,13 @@ def scaling(ctx: Context) -> tuple[list[Result], list[Result], str]:
     return results, [], bench_passthrough.render_scaling(results, ctx.options, ctx.cpus)
 
 
+def memory(ctx: Context) -> tuple[list[Result], list[Result], str]:
+    connections, hold = bench_memory.CONNECTIONS, bench_memory.HOLD
+    figures = asyncio.run(bench_memory.measure(connections, hold))
+    ctx.figures["memory"] = figures
+    return [], [], bench_memory.render(figures, connections, hold)
+
+
 Scenario = Callable[[Context], tuple[list[Result], list[Result], str]]
 
 SCENARIOS: list[tuple[str, str, Scenario]] = [
@@ -163,6 +176,7 @@ SCENARIOS: list[tuple[str, str, Scenario]] = [
     ("download", "10 MB download", lambda ctx: streaming(ctx, "download")),
     ("upload", "10 MB upload", lambda ctx: streaming(ctx, "upload")),
     ("scaling", "pygate --workers 1 vs --workers 2", scaling),
+    ("memory", "Memory per connection and per request", memory),
 ]
 
 
@@ -241,8 +255,18 @@ def rss_growth(key: str, limit: int) -> Check:
     return check
 
 
-def not_measured(_: dict[str, Outcome]) -> Verdict:
-    return Verdict("measured apart: see bench_memory.py below", None)
+def memory_bounded(limit_kb: float) -> Check:
+    def check(outcomes: dict[str, Outcome]) -> Verdict:
+        outcome = outcomes.get("memory")
+        figures = outcome.figures if outcome else {}
+        if not figures:
+            return NOT_MEASURED
+        idle, busy = figures["idle_kb"], figures["in_flight_kb"]
+        return Verdict(f"{idle:.1f} KB per idle connection, {busy:.1f} KB per in-flight "
+                       f"request ({bench_memory.CONNECTIONS:,} of each)",
+                       idle < limit_kb and busy < limit_kb)
+
+    return check
 
 
 PT, AGG, PL = bench_passthrough, bench_aggregate, bench_plugins
@@ -279,8 +303,8 @@ TARGETS: list[tuple[str, str, str, Check]] = [
      rss_growth("download", 20 * MB)),
     ("10 MB upload, 8 connections: pygate's peak RSS growth", "< 20 MB", "issue",
      rss_growth("upload", 20 * MB)),
-    ("Memory per idle connection and per in-flight request", "bounded and measured",
-     "PRODUCT.md 9", not_measured),
+    ("Memory per idle connection and per in-flight request",
+     "bounded and measured (taken as < 64 KB each)", "PRODUCT.md 9", memory_bounded(64)),
 ]
 
 
@@ -323,6 +347,7 @@ def run(selected: Sequence[str], ctx: Context) -> dict[str, Outcome]:
         started = time.monotonic()
         try:
             outcome.results, outcome.latency, outcome.text = scenario(ctx)
+            outcome.figures = ctx.figures.get(key, {})
         except BenchError as exc:
             outcome.failure = str(exc)
             ctx.log(f"error in {key}: {exc}")

@@ -122,31 +122,40 @@ async def measure(connections: int, hold: float) -> dict[str, float]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--connections", type=int, default=1000)
-    parser.add_argument("--hold", type=float, default=4.0,
-                        help="seconds the slow upstream holds each request")
-    parser.add_argument("--write-readme", action="store_true")
-    args = parser.parse_args(argv)
-    figures = asyncio.run(measure(args.connections, args.hold))
-    text = "\n".join([
+CONNECTIONS = 1000
+HOLD = 4.0
+
+
+def render(figures: dict[str, float], connections: int, hold: float) -> str:
+    """The README table of :func:`measure`'s figures."""
+    return "\n".join([
         "| measure | value |",
         "| --- | ---: |",
         f"| gateway RSS after start-up and 10 requests | {figures['base_mb']:.1f} MB |",
-        f"| per idle keep-alive connection ({args.connections:,} open) "
+        f"| per idle keep-alive connection ({connections:,} open) "
         f"| {figures['idle_kb']:.1f} KB |",
         f"| RSS once they closed | {figures['after_close_mb']:.1f} MB |",
         f"| per in-flight request, each on its own client connection and upstream "
-        f"connection ({args.connections:,} at once, upstream holding {args.hold:g} s) "
+        f"connection ({connections:,} at once, upstream holding {hold:g} s) "
         f"| {figures['in_flight_kb']:.1f} KB |",
         f"| peak RSS with them in flight | {figures['peak_mb']:.1f} MB |",
         "",
-        f"{time.strftime('%Y-%m-%d')}; `bench_memory.py --connections {args.connections}`; "
+        f"{time.strftime('%Y-%m-%d')}; `bench_memory.py --connections {connections}`; "
         f"RSS from /proc/PID/status VmRSS of the `pygate serve` process (memory the "
         f"allocator keeps after connections close stays counted); Python "
         f"{sys.version.split()[0]}.",
     ])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--connections", type=int, default=CONNECTIONS)
+    parser.add_argument("--hold", type=float, default=HOLD,
+                        help="seconds the slow upstream holds each request")
+    parser.add_argument("--write-readme", action="store_true")
+    args = parser.parse_args(argv)
+    figures = asyncio.run(measure(args.connections, args.hold))
+    text = render(figures, args.connections, args.hold)
     print(text)
     if args.write_readme:
         replace_readme_section(SECTION, text)
