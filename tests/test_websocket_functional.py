@@ -293,6 +293,46 @@ async def test_upstream_refusing_the_upgrade_is_a_problem_document(
         assert (await receive(ws)).data == "echo: still here"
 
 
+async def test_upgrades_follow_the_hash_balancer_header_and_feed_the_breaker(
+        pygate_gateway: GatewayStarter, upstream: UpstreamFactory) -> None:
+    """``hash_on = "header:..."`` keeps a room on one target; refused upgrades open a breaker."""
+    first, second = await ws_upstream(upstream), await ws_upstream(upstream)
+    dead = f"http://127.0.0.1:{free_port()}"
+    gw = await pygate_gateway({"upstreams": {
+        "rooms": {"targets": [first.url, second.url], "balancer": "hash",
+                  "hash_on": "header:X-Room"},
+        "flaky": {"targets": [dead, second.url], "breaker": {"failures": 2, "cooldown": "60s"}},
+    }, "routes": [{"name": "rooms", "path": "/rooms", "upstream": "rooms"},
+                  {"name": "flaky", "path": "/flaky", "upstream": "flaky"}]})
+    ups = (first, second)
+    homes: dict[str, int] = {}
+    for attempt in range(3):
+        for room in ("red", "green", "blue", "amber", "teal", "plum"):
+            before = [len(up.http.seen) for up in ups]
+            async with gw.session.ws_connect(gw.url + "/rooms/" + room,
+                                             headers={"X-Room": room}) as ws:
+                await ws.send_str(room)
+                assert (await receive(ws)).data == f"echo: {room}"
+            home = next(i for i, up in enumerate(ups) if len(up.http.seen) > before[i])
+            assert homes.setdefault(room, home) == home, (room, attempt)
+    assert set(homes.values()) == {0, 1}, homes  # six rooms do not all land on one target
+
+    # Round-robin over a dead target and a live one: the dead one fails twice, its
+    # breaker opens, and from then on every upgrade goes to the live one.
+    outcomes = []
+    for _ in range(8):
+        try:
+            async with gw.session.ws_connect(gw.url + "/flaky") as ws:
+                await ws.send_str("hi")
+                assert (await receive(ws)).data == "echo: hi"
+                outcomes.append("ok")
+        except aiohttp.WSServerHandshakeError as refused:
+            assert refused.status == 502
+            outcomes.append("502")
+    assert outcomes.count("502") == 2, outcomes
+    assert outcomes[-4:] == ["ok"] * 4, outcomes
+
+
 async def test_oversized_message_closes_both_sides_with_1009(
         pygate_gateway: GatewayStarter, upstream: UpstreamFactory) -> None:
     up = await ws_upstream(upstream)

@@ -154,9 +154,9 @@ async def connect(
     session = upstream.session
     assert session is not None, "upstream used before the gateway started"
     max_size = gateway.max_body
-    target = upstream.pick(ctx)
-    ctx.target = target.label
     headers = CIMultiDict(upstream_request.headers)
+    target = upstream.pick(ctx, headers=headers)  # before the handshake headers go
+    ctx.target = target.label
     strip_hop_by_hop(headers)
     for name in HANDSHAKE_HEADERS:
         headers.popall(name, None)
@@ -174,9 +174,16 @@ async def connect(
             )
     except BaseException as exc:
         target.active -= 1
-        if isinstance(exc, Exception):
-            raise _refusal(exc, upstream.label) from None
-        raise
+        if not isinstance(exc, Exception):
+            upstream.abandoned(target, ctx)  # cancelled: the client went away
+            raise
+        blame = _blame(exc)
+        if blame is None:
+            upstream.succeeded(target, ctx)
+        else:
+            upstream.failed(target, ctx, blame)
+        raise _refusal(exc, upstream.label) from None
+    upstream.succeeded(target, ctx)
     client_ws = web.WebSocketResponse(
         protocols=(upstream_ws.protocol,) if upstream_ws.protocol else (),
         autoclose=False,
@@ -187,6 +194,20 @@ async def connect(
     bridge = Bridge(client_ws, upstream_ws, ctx, target, sockets)
     sockets.bridges.add(bridge)
     return client_ws, bridge
+
+
+def _blame(exc: Exception) -> str | None:
+    """What a failed upgrade tells the target's breaker, as a proxied request would: None if
+    the target answered (it refused the upgrade with a status other than 502/503/504)."""
+    if isinstance(exc, aiohttp.WSServerHandshakeError):
+        return f"status {exc.status}" if exc.status in (502, 503, 504) else None
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return "connection refused"
+    if isinstance(exc, aiohttp.ClientError):
+        return "failed the WebSocket upgrade"
+    return None
 
 
 def _refusal(exc: Exception, label: str) -> GatewayError:
