@@ -277,17 +277,20 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
-def spawn_serve(config: Path, port: int, log: Path, *args: str) -> subprocess.Popen[bytes]:
+def spawn_serve(config: Path, port: int, log: Path, *args: str,
+                preexec_fn: Callable[[], None] | None = None) -> subprocess.Popen[bytes]:
     """Start ``pygate serve -c CONFIG --listen 127.0.0.1:PORT`` with stderr to ``log``.
 
     ``PYGATE_*`` variables of the test environment are not passed on.
+    ``preexec_fn`` runs in the child before ``pygate`` starts (e.g. to lower a limit).
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYGATE_")}
     with log.open("wb") as stderr:
         return subprocess.Popen(
             [sys.executable, "-m", "pygate", "serve", "-c", str(config),
              "--listen", f"127.0.0.1:{port}", *args],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr, env=env)
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr, env=env,
+            preexec_fn=preexec_fn)
 
 
 def wait_listening(proc: subprocess.Popen[bytes], port: int, log: Path,

@@ -14,8 +14,6 @@ import asyncio
 import contextlib
 import resource
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,7 +24,7 @@ import uvloop
 from aiohttp import web
 
 from pygate.listener import AcceptSite, bind
-from pygate.testing import free_port, stop_serve, wait_listening
+from pygate.testing import free_port, spawn_serve, stop_serve, wait_listening
 
 BURST = 100
 
@@ -139,15 +137,6 @@ def _limit_descriptors() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, FD_LIMIT))
 
 
-def _spawn_with_few_descriptors(config: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as stderr:
-        return subprocess.Popen(
-            [sys.executable, "-m", "pygate", "serve", "-c", str(config),
-             "--listen", f"127.0.0.1:{port}"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
-            preexec_fn=_limit_descriptors)
-
-
 FD_LIMIT = 64
 
 
@@ -166,7 +155,7 @@ upstream = "api"
 """)
     port = free_port()
     log = tmp_path / "serve.log"
-    proc = _spawn_with_few_descriptors(config, port, log)
+    proc = spawn_serve(config, port, log, preexec_fn=_limit_descriptors)
     try:
         await asyncio.to_thread(wait_listening, proc, port, log)
         url = f"http://127.0.0.1:{port}/api/ok"
