@@ -1,0 +1,117 @@
+"""Checks that span sections: unique names, route kinds, references, templates."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable
+
+from pydantic import ValidationError
+
+from .errors import ConfigIssue, key_path, suggest, validation_issues
+from .models import Config, TargetConfig
+from .values import split_listen
+
+
+def is_url(value: str) -> bool:
+    return value.startswith(("http://", "https://"))
+
+
+def cross_check(config: Config) -> list[ConfigIssue]:
+    """Checks that span sections: unique names, route kinds, references, templates."""
+    return check_routes(config, range(len(config.routes)), list(config.upstreams))
+
+
+_REWRITE_PLACEHOLDER = re.compile(r"\{[^{}]*\}")
+_REWRITE_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::path)?\}")
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _rewrite_issues(rewrite: str, params: list[str], where: str) -> list[ConfigIssue]:
+    issues = []
+    outside = _REWRITE_PLACEHOLDER.sub("", rewrite)
+    if "{" in outside or "}" in outside:
+        issues.append(ConfigIssue(where, f"unbalanced braces in {rewrite!r}"))
+    for placeholder in _REWRITE_PLACEHOLDER.findall(rewrite):
+        found = _REWRITE_PARAM.fullmatch(placeholder)
+        if found is None:
+            issues.append(ConfigIssue(where, "expected a parameter like {id} or {rest:path}, "
+                                      f"found {placeholder!r}"))
+        elif found.group(1) not in params:
+            name = found.group(1)
+            issues.append(ConfigIssue(where, f"unknown path parameter {{{name}}}"
+                                      f"{suggest(name, params)}"))
+    return issues
+
+
+def check_routes(config: Config, indices: Iterable[int],
+                 upstream_names: list[str]) -> list[ConfigIssue]:
+    """:func:`cross_check` with the file's index of each route and every upstream name."""
+    from ..router import TemplateError, compile_path
+
+    issues: list[ConfigIssue] = []
+    seen: dict[str, int] = {}
+
+    def check_upstream_ref(ref: str, loc: str) -> None:
+        if is_url(ref):
+            try:
+                TargetConfig(url=ref)
+            except ValidationError as exc:
+                issues.append(ConfigIssue(loc, validation_issues(exc, TargetConfig)[0].message))
+        elif ref not in upstream_names:
+            hint = suggest(ref, upstream_names) or (
+                f"; defined upstreams: {', '.join(upstream_names)}" if upstream_names
+                else "; no [upstreams] are defined (or give a URL)")
+            issues.append(ConfigIssue(loc, f"unknown upstream {ref!r}{hint}"))
+
+    if config.admin is not None and not (config.admin.token or "").strip():
+        host, _ = split_listen(config.admin.listen)
+        if not _is_loopback(host):
+            issues.append(ConfigIssue("admin.token", "required (and not empty) when "
+                                      "admin.listen is not a loopback address"))
+
+    for index, route in zip(indices, config.routes, strict=True):
+        where = f"routes[{index}]"
+        if route.name in seen:
+            issues.append(ConfigIssue(f"{where}.name", f"duplicate route name {route.name!r} "
+                                      f"(also routes[{seen[route.name]}])"))
+        else:
+            seen[route.name] = index
+        kinds = [k for k in ("upstream", "aggregate", "graphql")
+                 if getattr(route, k) is not None]
+        if len(kinds) != 1:
+            found = ", ".join(kinds) if kinds else "none"
+            issues.append(ConfigIssue(where, "a route needs exactly one of upstream, aggregate "
+                                      f"or graphql (found {found})"))
+        try:
+            compiled = compile_path(route.path)
+        except TemplateError as exc:
+            issues.append(ConfigIssue(f"{where}.path", str(exc)))
+            compiled = None
+        if route.rewrite is not None and compiled is not None:
+            issues.extend(_rewrite_issues(route.rewrite, compiled.params, f"{where}.rewrite"))
+        if route.upstream is not None:
+            check_upstream_ref(route.upstream, f"{where}.upstream")
+        if route.aggregate is not None:
+            for call_name, call in route.aggregate.calls.items():
+                check_upstream_ref(call.upstream,
+                                   f"{where}.aggregate.calls.{key_path([call_name])}.upstream")
+        if route.graphql is not None:
+            for field_name, resolver in route.graphql.resolvers.items():
+                check_upstream_ref(resolver.upstream,
+                                   f"{where}.graphql.resolvers.{key_path([field_name])}.upstream")
+        for host in route.hosts or []:
+            # no port: hosts are matched against the Host header without its port
+            if not re.fullmatch(r"(\*\.)?[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?", host):
+                issues.append(ConfigIssue(f"{where}.hosts",
+                                          f'expected host names like "api.example.com" or '
+                                          f'"*.example.com" (without a port), found {host!r}'))
+    return issues
