@@ -70,6 +70,7 @@ def serve(config_path: str | None, listen: str | None, workers: str | None,
     SIGHUP reloads the configuration file. With more than one worker, a
     supervisor process runs the workers (pygate.workers).
     """
+    from .listener import raise_open_files_limit
     from .server import configure_logging, install_uvloop, serve_forever
     from .workers import Supervisor, worker_count
 
@@ -91,6 +92,12 @@ def serve(config_path: str | None, listen: str | None, workers: str | None,
     host, port = split_listen(address)
     configure_logging(log_level)
     install_uvloop()
+    before, after = raise_open_files_limit()
+    if after != before:
+        import structlog
+
+        structlog.get_logger("pygate").debug("open files limit raised", before=before,
+                                             after=after)
     if count > 1:
         try:
             supervisor = Supervisor.bind(gateway, host, port, count, reload)

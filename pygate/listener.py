@@ -34,6 +34,33 @@ ACCEPT_PAUSE = 1.0
 
 _OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
+MAX_OPEN_FILES = 1 << 20
+"""The most the soft limit on open files is raised to when the hard limit has none."""
+
+
+def raise_open_files_limit() -> tuple[int, int]:
+    """Raise the soft limit on open files to the hard limit; ``(before, after)``.
+
+    Every client connection and every upstream connection holds a descriptor,
+    and the soft limit is often 1,024 while the hard one is far higher; a
+    gateway is meant to use what the system allows (Go programs do the same at
+    start-up; nginx has ``worker_rlimit_nofile``). Where the limit cannot be
+    changed, it stays as it is.
+    """
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return 0, 0
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = MAX_OPEN_FILES if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError):  # e.g. above the kernel's own maximum
+            return soft, soft
+        return soft, wanted
+    return soft, soft
+
 
 def bind(host: str, port: int, *, reuse_port: bool) -> list[socket.socket]:
     """Non-blocking listening sockets for ``host:port``, one per address of ``host``.

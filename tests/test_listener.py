@@ -137,22 +137,63 @@ def _limit_descriptors() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, FD_LIMIT))
 
 
+def _low_soft_limit() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, HARD_LIMIT))
+
+
+def _open_files_limits(pid: int) -> tuple[int, int]:
+    """The soft and hard ``Max open files`` of a running process."""
+    with open(f"/proc/{pid}/limits") as limits:
+        for line in limits:
+            if line.startswith("Max open files"):
+                soft, hard = line.split()[3:5]
+                return int(soft), int(hard)
+    raise AssertionError("no open files limit")
+
+
 FD_LIMIT = 64
+HARD_LIMIT = 4096
 
 
-async def test_a_gateway_out_of_descriptors_serves_again_once_some_are_free(
-        tmp_path: Path, fake_upstream: Callable[..., object]) -> None:
-    upstream = await fake_upstream()  # type: ignore[misc]
+def _api_config(tmp_path: Path, upstream_url: str) -> Path:
     config = tmp_path / "pygate.toml"
     config.write_text(f"""
 [upstreams.api]
-targets = ["{upstream.url}"]
+targets = ["{upstream_url}"]
 
 [[routes]]
 name = "api"
 path = "/api"
 upstream = "api"
 """)
+    return config
+
+
+async def test_serve_raises_a_low_open_files_limit_to_the_hard_limit(
+        tmp_path: Path, fake_upstream: Callable[..., object]) -> None:
+    """A soft limit of 64 (below the connections a gateway holds) is raised at start-up."""
+    upstream = await fake_upstream()  # type: ignore[misc]
+    config = _api_config(tmp_path, upstream.url)
+    port = free_port()
+    log = tmp_path / "serve.log"
+    proc = spawn_serve(config, port, log, preexec_fn=_low_soft_limit)
+    try:
+        await asyncio.to_thread(wait_listening, proc, port, log)
+        assert _open_files_limits(proc.pid) == (HARD_LIMIT, HARD_LIMIT)
+        with _held_connections(port, FD_LIMIT * 3):
+            async with aiohttp.ClientSession(
+                    timeout=aiohttp.ClientTimeout(total=10)) as session:
+                async with session.get(f"http://127.0.0.1:{port}/api/ok") as response:
+                    assert response.status == 200
+        assert "cannot accept connections" not in log.read_text()
+    finally:
+        assert stop_serve(proc) == 0
+
+
+async def test_a_gateway_out_of_descriptors_serves_again_once_some_are_free(
+        tmp_path: Path, fake_upstream: Callable[..., object]) -> None:
+    upstream = await fake_upstream()  # type: ignore[misc]
+    config = _api_config(tmp_path, upstream.url)
     port = free_port()
     log = tmp_path / "serve.log"
     proc = spawn_serve(config, port, log, preexec_fn=_limit_descriptors)
