@@ -37,6 +37,7 @@ from pathlib import Path
 
 from common import (
     BENCH_DIR,
+    EXPRESS_DIR,
     BenchError,
     Contender,
     Cpus,
@@ -50,6 +51,7 @@ from common import (
     markdown_table,
     measure,
     nginx_json_upstream,
+    npm_install,
     pygate_contender,
     ratio_line,
     replace_readme_section,
@@ -106,22 +108,12 @@ query = { orderId = "{id}" }
 optional = true
 """
 
-EXPRESS_DIR = BENCH_DIR / "peers" / "express"
-
-
 def express_contender(upstream: str) -> Contender | None:
     """The Express peer, installing its packages with npm when needed; None without node."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        log_stderr("WARNING: node or npm is not installed; skipping the Express peer")
+    node = shutil.which("node")
+    if node is None or not npm_install(EXPRESS_DIR):
+        log_stderr("WARNING: node/npm missing or npm install failed; skipping the Express peer")
         return None
-    if not (EXPRESS_DIR / "node_modules" / "express").is_dir():
-        install = ["ci"] if (EXPRESS_DIR / "package-lock.json").is_file() else ["install"]
-        log_stderr(f"installing the Express peer's packages (npm {install[0]}) ...")
-        done = subprocess.run([npm, *install, "--no-audit", "--no-fund"], cwd=EXPRESS_DIR,
-                              capture_output=True, text=True, timeout=600)
-        if done.returncode != 0:
-            raise BenchError(f"npm {install[0]} failed in {EXPRESS_DIR}:\n{done.stderr[-2000:]}")
     listen = f"127.0.0.1:{free_port()}"
     command = [node, str(EXPRESS_DIR / "aggregate.js"), "--listen", listen,
                "--upstream", upstream]

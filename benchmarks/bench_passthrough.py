@@ -6,7 +6,7 @@ Measures, with the same wrk command, in interleaved rounds:
 - ``nginx proxy``: nginx as a reverse proxy (generated ``nginx.conf``, one
   worker, keep-alive to the upstream);
 - ``pygate``: ``pygate serve`` with one route to the upstream;
-- ``express gateway``: ``peers/express-gateway/server.js`` with ``--checks off``
+- ``express gateway``: ``peers/express/server.js`` with ``--checks off``
   (Express + http-proxy-middleware with a keep-alive agent, proxying plainly);
   skipped without node and npm;
 - ``aiohttp proxy``: the minimal hand-written aiohttp proxy in ``peers/aiohttp/``.

@@ -16,8 +16,8 @@ the same wrk command, in interleaved rounds:
 - ``express gateway``: the Node gateway the tutorials write (Express,
   http-proxy-middleware with a keep-alive agent, jsonwebtoken,
   express-rate-limit's memory store, identity headers), in
-  ``peers/express-gateway/`` (``npm install`` runs there when ``node_modules`` is
-  missing);
+  ``peers/express/server.js`` (``npm ci`` runs there when a package is
+  missing from ``node_modules``);
 - ``aiohttp+checks``: ``peers/aiohttp/proxy_checks.py``, the minimal aiohttp
   proxy with the same checks written inline (pyjwt, a dict limiter, the headers);
 - for reference, ``pygate bare`` (no plugins) and ``aiohttp proxy`` (no checks).

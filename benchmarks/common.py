@@ -1096,12 +1096,20 @@ def nginx_proxy_contender(
     return Contender(name, f"http://127.0.0.1:{port}{path}", command, note=note)
 
 
-EXPRESS_GATEWAY_DIR = BENCH_DIR / "peers" / "express-gateway"
+EXPRESS_DIR = BENCH_DIR / "peers" / "express"
+"""The Node peers: ``server.js`` (the Express gateway) and ``aggregate.js``."""
+
+
+def npm_installed(folder: Path) -> bool:
+    """Whether every dependency in ``folder/package.json`` is in its ``node_modules``."""
+    manifest = json.loads((folder / "package.json").read_text())
+    return all((folder / "node_modules" / name / "package.json").is_file()
+               for name in manifest.get("dependencies", {}))
 
 
 def npm_install(folder: Path, log: Log = log_stderr) -> bool:
-    """Install a Node peer's packages into ``folder`` when ``node_modules`` is missing."""
-    if (folder / "node_modules").is_dir():
+    """Install a Node peer's packages into ``folder`` unless they all are already there."""
+    if npm_installed(folder):
         return True
     npm = find_tool("npm")
     if npm is None:
@@ -1125,24 +1133,24 @@ def express_gateway_contender(
     env: Mapping[str, str] | None = None,
     log: Log = log_stderr,
 ) -> Contender | None:
-    """``peers/express-gateway/server.js``, or None (with a warning) without node and npm.
+    """``peers/express/server.js``, or None (with a warning) without node and npm.
 
     With ``checks=False`` it runs with ``--checks off``: the same code, proxying
     plainly (no JWT, rate limit or identity headers). ``env`` goes to the process
     (``JWT_SECRET``, ``RATE_LIMIT``, ``ACCESS_LOG``); ``NODE_ENV=production`` always.
     """
     node = find_tool("node")
-    if node is None or not npm_install(EXPRESS_GATEWAY_DIR, log):
+    if node is None or not npm_install(EXPRESS_DIR, log):
         log(f"WARNING: node/npm missing or npm install failed; skipping {name}")
         return None
     listen = f"127.0.0.1:{free_port()}"
-    command = [node, str(EXPRESS_GATEWAY_DIR / "server.js"), "--listen", listen,
+    command = [node, str(EXPRESS_DIR / "server.js"), "--listen", listen,
                "--upstream", upstream.rstrip("/"), "--checks", "on" if checks else "off"]
     return Contender(name, f"http://{listen}/", command, note=note,
                      env={"NODE_ENV": "production", **(env or {})})
 
 
-def node_versions(names: Sequence[str], folder: Path = EXPRESS_GATEWAY_DIR) -> str:
+def node_versions(names: Sequence[str], folder: Path = EXPRESS_DIR) -> str:
     """``node v20.1.0, express 5.1.0, ...``: node's version and installed packages'."""
     parts = []
     node = find_tool("node")
