@@ -245,66 +245,78 @@ class _Execution:
         return Composed(body, partial)
 
     async def _call(self, call: CallPlan) -> Any:
-        """One call: render, transform, send, read; a JSON value or :class:`CallFailed`."""
-        scope = self.scope
-        name = call.name
-        try:
-            path, query = call.render_target(scope)
-            headers = self.headers.copy()
-            for header_name, header_value in call.render_headers(scope):
-                headers[header_name] = header_value
-            body = call.body.render(scope) if call.body is not None else None
-        except Missing as missing:
-            return CallFailed(502, f"call {name!r} was not made: {missing}")
-        upstream_request = UpstreamRequest(method=call.method, path=path, query=query,
-                                           headers=headers, upstream=call.upstream.name,
-                                           body=body)
-        ctx = fork(self.ctx) if self.fork_ctx else self.ctx
-        if self.transform is not None:
-            await self.transform(upstream_request, ctx)
-        deadline = self.deadline
-        if call.timeout is not None:
-            deadline = min(deadline, self.loop.time() + call.timeout)
-        try:
-            response = await send(call.upstream, ctx, upstream_request, deadline=deadline,
-                                  data=upstream_request.body)
-        except GatewayError as error:
-            verb = "timed out" if error.status == 504 else "failed"
-            return CallFailed(504 if error.status == 504 else 502,
-                              f"call {name!r} {verb}: {error.detail}")
-        label = call.upstream.label
-        try:
-            if call.timeout is None:  # the route's deadline is kept by wait(), which cancels
-                raw = await _read(response, self.max_body)
-            else:
-                async with asyncio.timeout_at(deadline):
-                    raw = await _read(response, self.max_body)
-        except TimeoutError:
-            response.close()
-            return CallFailed(504, f"call {name!r} timed out: {label} did not send its "
-                              "body in time")
-        except Exception as exc:  # reset, malformed body, too large
-            response.close()
-            reason = ("answered more than the gateway's max_body" if isinstance(exc, _TooLarge)
-                      else "failed in the middle of its body")
-            return CallFailed(502, f"call {name!r} failed: {label} {reason}")
-        except BaseException:  # cancelled: the outcome is decided without this call
-            response.close()
-            raise
-        status = response.status
-        if not 200 <= status < 300:
-            return CallFailed(502, f"call {name!r} failed: {label} answered {status}")
-        if not raw.strip() and status == 204:
-            value: Any = None
+        return await make_call(call, self.scope, self.ctx, self.headers,
+                               transform=self.transform, fork_ctx=self.fork_ctx,
+                               deadline=self.deadline, max_body=self.max_body)
+
+
+async def make_call(call: CallPlan, scope: Scope, request_ctx: Context,
+                    base_headers: CIMultiDict[str], *, transform: Transform | None,
+                    fork_ctx: bool, deadline: float, max_body: int,
+                    label: str | None = None) -> Any:
+    """One call: render, transform, send, read; a JSON value or :class:`CallFailed`.
+
+    ``label`` names the call in errors (the call's name by default; a GraphQL
+    resolver's ``Type.field``).
+    """
+    name = label or call.name
+    loop = asyncio.get_running_loop()
+    try:
+        path, query = call.render_target(scope)
+        headers = base_headers.copy()
+        for header_name, header_value in call.render_headers(scope):
+            headers[header_name] = header_value
+        body = call.body.render(scope) if call.body is not None else None
+    except Missing as missing:
+        return CallFailed(502, f"call {name!r} was not made: {missing}")
+    upstream_request = UpstreamRequest(method=call.method, path=path, query=query,
+                                       headers=headers, upstream=call.upstream.name,
+                                       body=body)
+    ctx = fork(request_ctx) if fork_ctx else request_ctx
+    if transform is not None:
+        await transform(upstream_request, ctx)
+    if call.timeout is not None:
+        deadline = min(deadline, loop.time() + call.timeout)
+    try:
+        response = await send(call.upstream, ctx, upstream_request, deadline=deadline,
+                              data=upstream_request.body)
+    except GatewayError as error:
+        verb = "timed out" if error.status == 504 else "failed"
+        return CallFailed(504 if error.status == 504 else 502,
+                          f"call {name!r} {verb}: {error.detail}")
+    upstream = call.upstream.label
+    try:
+        if call.timeout is None:  # the route's deadline is kept by wait(), which cancels
+            raw = await _read(response, max_body)
         else:
-            try:
-                value = json.loads(raw)
-            except ValueError:
-                return CallFailed(502, f"call {name!r} failed: {label} did not answer JSON")
-        if call.merge and not isinstance(value, dict):
-            return CallFailed(502, f"call {name!r} failed: merge needs a JSON object, "
-                              f"{label} answered {_json_kind(value)}")
-        return value
+            async with asyncio.timeout_at(deadline):
+                raw = await _read(response, max_body)
+    except TimeoutError:
+        response.close()
+        return CallFailed(504, f"call {name!r} timed out: {upstream} did not send its "
+                          "body in time")
+    except Exception as exc:  # reset, malformed body, too large
+        response.close()
+        reason = ("answered more than the gateway's max_body" if isinstance(exc, _TooLarge)
+                  else "failed in the middle of its body")
+        return CallFailed(502, f"call {name!r} failed: {upstream} {reason}")
+    except BaseException:  # cancelled: the outcome is decided without this call
+        response.close()
+        raise
+    status = response.status
+    if not 200 <= status < 300:
+        return CallFailed(502, f"call {name!r} failed: {upstream} answered {status}")
+    if not raw.strip() and status == 204:
+        value: Any = None
+    else:
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            return CallFailed(502, f"call {name!r} failed: {upstream} did not answer JSON")
+    if call.merge and not isinstance(value, dict):
+        return CallFailed(502, f"call {name!r} failed: merge needs a JSON object, "
+                          f"{upstream} answered {_json_kind(value)}")
+    return value
 
 
 def _json_kind(value: Any) -> str:
