@@ -19,6 +19,7 @@ import structlog
 
 from .aggregate import AggregatePlan, compile_plan
 from .config import Config, ConfigError, UpstreamConfig, is_url
+from .graphql import GraphQLPlan, compile_graphql
 from .plugins import EMPTY_CHAIN, Chain, ChainBuilder, PluginSet, enabled_plugins, load_plugins
 from .plugins import route_settings as merge_route_settings
 from .router import Route, Router
@@ -37,6 +38,7 @@ class RoutePlan:
     upstream: Upstream | None
     preserve_host: bool = False
     aggregate: AggregatePlan | None = None
+    graphql: GraphQLPlan | None = None
 
 
 class Gateway:
@@ -157,8 +159,16 @@ def build_gateway(config: Config, extra_plugins: Mapping[str, Any] | None = None
         if route.config.aggregate is not None:
             aggregate, found = compile_plan(route, lambda ref: _upstream_for(upstreams, ref))
             issues.extend(found)
+        graphql = None
+        if route.config.graphql is not None:
+            graphql, found = compile_graphql(
+                route, route.config.graphql,
+                str(config.resolve_path(route.config.graphql.schema_)),
+                lambda ref: _upstream_for(upstreams, ref))
+            issues.extend(found)
         route.payload = RoutePlan(chain=chain, upstream=upstream,
-                                  preserve_host=route.config.preserve_host, aggregate=aggregate)
+                                  preserve_host=route.config.preserve_host, aggregate=aggregate,
+                                  graphql=graphql)
     issues.extend(_dedupe(builder.issues))
     if issues:
         raise ConfigError(config.source, issues)

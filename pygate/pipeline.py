@@ -18,6 +18,7 @@ import structlog
 from aiohttp import web
 from multidict import CIMultiDict
 
+from . import graphql
 from .aggregate import Transform, call_headers, execute
 from .app import Gateway, RoutePlan
 from .context import Context, RouteInfo, UpstreamRequest
@@ -333,15 +334,12 @@ class Pipeline:
 
     async def compose(self, request: web.BaseRequest, ctx: Context, plan: RoutePlan,
                       query: str, forwarded_for: str, trusted: bool) -> web.StreamResponse:
-        """Aggregate routes: the calls' results composed into one JSON body.
+        """Aggregate and GraphQL routes: upstream calls composed into one JSON body.
 
-        The ``aggregate`` hooks may replace the composed body (the first non-None
-        body wins); without one, pygate's composition is sent. GraphQL routes are
-        not served by this version.
+        For an aggregate route the ``aggregate`` hooks may replace the composed
+        body (the first non-None body wins); without one, pygate's composition
+        is sent. A GraphQL route answers its query (:mod:`pygate.graphql`).
         """
-        calls = plan.aggregate
-        if calls is None:
-            raise NotFound("this kind of route is not served by this version of pygate")
         chain = plan.chain
         transformer: Transform | None = None
         if chain.transform_request:
@@ -349,11 +347,19 @@ class Pipeline:
                 await transform(chain, request, call_ctx, upstream_request)
         assert ctx.route is not None
         gw: Gateway = ctx.app  # the request's own gateway, even after a reload
+        fork_ctx = any(step.is_async for step in chain.transform_request)
+        calls = plan.aggregate
+        if calls is None:
+            assert plan.graphql is not None
+            state = graphql.GraphQLRequest(
+                request, ctx, ctx.route.params, query,
+                call_headers(request, ctx, forwarded_for, trusted), transformer, fork_ctx,
+                self._loop.time() + gw.timeout, gw.max_body)
+            return await graphql.serve(plan.graphql, request, ctx, state)
         composed = await execute(
             calls, request, ctx, params=ctx.route.params, query=query,
             headers=call_headers(request, ctx, forwarded_for, trusted),
-            transform=transformer,
-            fork_ctx=any(step.is_async for step in chain.transform_request),
+            transform=transformer, fork_ctx=fork_ctx,
             deadline=self._loop.time() + min(calls.timeout, gw.timeout),
             max_body=gw.max_body)
         body: Any = composed.body

@@ -105,7 +105,7 @@ class AggregatePlan:
                 for n, stage in enumerate(self.stages, 1)]
 
 
-class _Compiler:
+class CallCompiler:
     """Compiles one route's aggregate table, collecting every problem."""
 
     def __init__(self, route: Route, calls: Mapping[str, CallConfig]) -> None:
@@ -333,7 +333,7 @@ def compile_plan(route: Route, upstream_for: Callable[[str], Upstream]
     """Compile ``route``'s ``aggregate`` table; ``upstream_for`` maps a name or URL to a pool."""
     config = route.config.aggregate
     assert config is not None
-    compiler = _Compiler(route, config.calls)
+    compiler = CallCompiler(route, config.calls)
     if config.timeout <= 0:
         compiler.issues.append(ConfigIssue(f"{compiler.where}.timeout",
                                            "expected a duration above 0"))
@@ -370,7 +370,7 @@ def compile_plan(route: Route, upstream_for: Callable[[str], Upstream]
 
 
 def _cycles(calls: Mapping[str, CallPlan], refs: Mapping[str, Mapping[str, str]],
-            compiler: _Compiler) -> list[ConfigIssue]:
+            compiler: CallCompiler) -> list[ConfigIssue]:
     """One issue per dependency cycle, at the key that closes it."""
     issues: list[ConfigIssue] = []
     state: dict[str, int] = {}  # 1: on the current path, 2: done

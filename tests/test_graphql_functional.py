@@ -1,0 +1,359 @@
+"""GraphQL routes end to end: a schema whose fields real upstream services resolve.
+
+PRODUCT.md section 6: the query ``{ me { name email orders { id total } } }``
+answered with one JSON response built from the users and orders services; only
+the fields a query asks for cause upstream calls; identical calls within one
+request are made once; sibling fields resolve concurrently; a failing resolver
+gives ``null`` plus an entry in ``errors`` with its ``path``; queries deeper than
+``max_depth`` are refused before any upstream call; plugins apply to the route.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from click.testing import CliRunner
+
+from pygate import Context, Identity, Unauthorized, hookimpl
+from pygate.app import build_gateway
+from pygate.cli import main
+from pygate.config import ConfigError, load_data
+from tests.conftest import UpstreamFactory, problem
+
+SCHEMA = """
+type Query {
+  me: User
+  user(id: ID!): User
+  product(id: ID!): Product
+  products(ids: [ID!]!): [Product]
+  pair: Pair
+}
+type Mutation {
+  rename(name: String!): User
+}
+type User {
+  id: ID!
+  name: String
+  email: String
+  orders: [Order]
+}
+type Order {
+  id: ID!
+  total: Float
+  productId: ID
+  product: Product
+}
+type Product {
+  id: ID!
+  name: String
+  price: Float
+}
+type Pair {
+  left: String
+  right: String
+}
+"""
+
+USERS = {"7": {"id": "7", "name": "Ada", "email": "ada@example.com"}}
+ORDERS = {"7": [{"id": "o1", "total": 12.5, "productId": "p1"},
+                {"id": "o2", "total": 3.0, "productId": "p1"},
+                {"id": "o3", "total": 9.9, "productId": "p2"}]}
+PRODUCTS = {"p1": {"id": "p1", "name": "Widget", "price": 2.5},
+            "p2": {"id": "p2", "name": "Gadget", "price": 9.9}}
+
+
+class Caller:
+    """An in-test auth plugin: ``X-Caller: ID`` is the identity; without it, 401."""
+
+    PRIORITY = 100
+
+    @hookimpl
+    def authenticate(self, request: web.BaseRequest, ctx: Context) -> Identity | None:
+        caller = request.headers.get("X-Caller")
+        if not caller:
+            raise Unauthorized("who are you?")
+        return Identity(id=caller, consumer=caller, source="caller")
+
+
+async def services(upstream: UpstreamFactory) -> dict[str, Any]:
+    async def user(request: web.Request) -> web.Response:
+        found = USERS.get(request.match_info["id"])
+        return web.json_response(found) if found else web.json_response({}, status=404)
+
+    async def orders(request: web.Request) -> web.Response:
+        return web.json_response(ORDERS.get(request.query.get("userId", ""), []))
+
+    async def product(request: web.Request) -> web.Response:
+        pid = request.match_info["id"]
+        if pid == "broken":
+            return web.json_response({"error": "boom"}, status=500)
+        return web.json_response(PRODUCTS[pid])
+
+    arrived: list[str] = []
+    both = asyncio.Event()
+
+    async def side(request: web.Request) -> web.Response:
+        # Answers only once both sides have arrived: sequential resolvers would hang.
+        arrived.append(request.match_info["name"])
+        if len(arrived) >= 2:
+            both.set()
+        await asyncio.wait_for(both.wait(), 5)
+        return web.json_response(request.match_info["name"])
+
+    users = await upstream(routes={"GET /users/{id}": user,
+                                   "PUT /users/{id}": user})
+    shop = await upstream(routes={"GET /orders": orders, "GET /products/{id}": product,
+                                  "GET /side/{name}": side})
+    return {"users": users, "shop": shop}
+
+
+def config(ups: dict[str, Any], *, max_depth: int = 8, introspection: bool = True,
+           plugins: dict[str, Any] | None = None) -> dict[str, Any]:
+    route: dict[str, Any] = {
+        "name": "graphql", "path": "/graphql",
+        "graphql": {
+            "schema": "schema.graphql", "max_depth": max_depth,
+            "introspection": introspection,
+            "resolvers": {
+                "Query.me": {"upstream": "users", "path": "/users/{identity.id}"},
+                "Query.user": {"upstream": "users", "path": "/users/{args.id}"},
+                "User.orders": {"upstream": "shop", "path": "/orders",
+                                "query": {"userId": "{parent.id}"}},
+                "Order.product": {"upstream": "shop", "path": "/products/{parent.productId}"},
+                "Query.product": {"upstream": "shop", "path": "/products/{args.id}"},
+                "Pair.left": {"upstream": "shop", "path": "/side/left"},
+                "Pair.right": {"upstream": "shop", "path": "/side/right"},
+                "Mutation.rename": {"upstream": "users", "method": "PUT",
+                                    "path": "/users/{identity.id}"},
+            },
+        },
+        "plugins": plugins if plugins is not None else {"caller": {}},
+    }
+    return {
+        "upstreams": {"users": {"targets": [ups["users"].url]},
+                      "shop": {"targets": [ups["shop"].url]}},
+        "routes": [route],
+    }
+
+
+@pytest.fixture
+def schema_dir(tmp_path: Path) -> str:
+    (tmp_path / "schema.graphql").write_text(SCHEMA)
+    return str(tmp_path)
+
+
+async def gql(gw: Any, query: str, *, variables: dict[str, Any] | None = None,
+              caller: str | None = "7", method: str = "POST") -> tuple[int, Any]:
+    headers = {"X-Caller": caller} if caller else {}
+    if method == "GET":
+        params = {"query": query}
+        if variables:
+            params["variables"] = json.dumps(variables)
+        async with gw.session.get(gw.url + "/graphql", params=params,
+                                  headers=headers) as response:
+            return response.status, await response.json(content_type=None)
+    async with gw.session.post(gw.url + "/graphql", headers=headers,
+                               json={"query": query, "variables": variables}) as response:
+        return response.status, await response.json(content_type=None)
+
+
+async def test_the_product_example_is_one_response_from_two_services(
+        pygate_gateway: Any, upstream: UpstreamFactory, schema_dir: str) -> None:
+    ups = await services(upstream)
+    gw = await pygate_gateway(config(ups), plugins={"caller": Caller()}, base_dir=schema_dir)
+    status, body = await gql(gw, "{ me { name email orders { id total } } }")
+    assert status == 200
+    assert body == {"data": {"me": {"name": "Ada", "email": "ada@example.com", "orders": [
+        {"id": "o1", "total": 12.5}, {"id": "o2", "total": 3.0}, {"id": "o3", "total": 9.9}]}}}
+    assert [s.path for s in ups["users"].seen] == ["/users/7"]
+    assert [s.path for s in ups["shop"].seen] == ["/orders?userId=7"]
+    # Every call carries the request ID and the forwarding headers, like a proxied request.
+    assert ups["users"].seen[0].headers["X-Forwarded-For"] == "127.0.0.1"
+    assert ups["users"].seen[0].headers["X-Request-ID"]
+
+
+async def test_only_the_fields_asked_for_cause_calls(
+        pygate_gateway: Any, upstream: UpstreamFactory, schema_dir: str) -> None:
+    ups = await services(upstream)
+    gw = await pygate_gateway(config(ups), plugins={"caller": Caller()}, base_dir=schema_dir)
+    status, body = await gql(gw, "{ me { name } }")
+    assert (status, body) == (200, {"data": {"me": {"name": "Ada"}}})
+    assert len(ups["users"].seen) == 1
+    assert ups["shop"].seen == []  # no orders asked, no orders call
+
+
+async def test_identical_calls_within_a_request_are_made_once(
+        pygate_gateway: Any, upstream: UpstreamFactory, schema_dir: str) -> None:
+    ups = await services(upstream)
+    gw = await pygate_gateway(config(ups), plugins={"caller": Caller()}, base_dir=schema_dir)
+    status, body = await gql(gw, """{
+        a: product(id: "p1") { name }
+        b: product(id: "p1") { price }
+        me { orders { id product { name } } }
+    }""")
+    assert status == 200, body
+    assert body["data"]["a"] == {"name": "Widget"} and body["data"]["b"] == {"price": 2.5}
+    assert [o["product"]["name"] for o in body["data"]["me"]["orders"]] == \
+        ["Widget", "Widget", "Gadget"]
+    product_calls = sorted(s.path for s in ups["shop"].seen if s.path.startswith("/products"))
+    assert product_calls == ["/products/p1", "/products/p2"]
+    # A second request makes its own calls again: nothing is cached across requests.
+    await gql(gw, '{ product(id: "p1") { name } }')
+    assert sum(s.path == "/products/p1" for s in ups["shop"].seen) == 2
+
+
+async def test_sibling_fields_resolve_concurrently(
+        pygate_gateway: Any, upstream: UpstreamFactory, schema_dir: str) -> None:
+    """Each side answers only once the other has arrived: one at a time would never finish."""
+    ups = await services(upstream)
+    cfg = config(ups)
+    cfg["routes"][0]["graphql"]["resolvers"]["Query.pair"] = {"upstream": "shop",
+                                                               "path": "/products/p1"}
+    gw = await pygate_gateway(cfg, plugins={"caller": Caller()}, base_dir=schema_dir)
+    status, body = await gql(gw, "{ pair { left right } }")
+    assert (status, body) == (200, {"data": {"pair": {"left": "left", "right": "right"}}})
+
+
+async def test_a_failing_resolver_gives_null_and_an_error_with_its_path(
+        pygate_gateway: Any, upstream: UpstreamFactory, schema_dir: str) -> None:
+    ups = await services(upstream)
+    gw = await pygate_gateway(config(ups), plugins={"caller": Caller()}, base_dir=schema_dir)
+    status, body = await gql(gw, '{ good: product(id: "p2") { name } bad: product(id: "broken") '
+                                 "{ name } }")
+    assert status == 200
+    assert body["data"] == {"good": {"name": "Gadget"}, "bad": None}
+    [error] = body["errors"]
+    assert error["path"] == ["bad"]
+    assert "Query.product" in error["message"] and "500" in error["message"]
+    assert "127.0.0.1" not in json.dumps(body)
+
+
+async def test_too_deep_a_query_is_refused_before_any_call(
+        pygate_gateway: Any, upstream: UpstreamFactory, schema_dir: str) -> None:
+    ups = await services(upstream)
+    gw = await pygate_gateway(config(ups, max_depth=3), plugins={"caller": Caller()},
+                              base_dir=schema_dir)
+    assert (await gql(gw, "{ me { orders { id } } }"))[0] == 200  # depth 3
+    ups["users"].seen.clear()
+    ups["shop"].seen.clear()
+    status, body = await gql(gw, "{ me { orders { product { name } } } }")  # depth 4
+    assert status == 400
+    assert body["status"] == 400 and "4 levels" in body["detail"]
+    assert body["errors"][0]["message"] == body["detail"]
+    # Fragments count where they are spread.
+    status, _ = await gql(gw, "fragment P on Order { product { name } } "
+                              "{ me { orders { ...P } } }")
+    assert status == 400
+    assert ups["users"].seen == [] and ups["shop"].seen == []
+
+
+async def test_malformed_and_invalid_queries_are_400_problems_with_graphql_errors(
+        pygate_gateway: Any, upstream: UpstreamFactory, schema_dir: str) -> None:
+    ups = await services(upstream)
+    gw = await pygate_gateway(config(ups, introspection=False), plugins={"caller": Caller()},
+                              base_dir=schema_dir)
+    status, body = await gql(gw, "{ me { name ")
+    assert status == 400 and body["title"] == "Bad Request"
+    assert body["errors"][0]["locations"] == [{"line": 1, "column": 13}]
+    status, body = await gql(gw, "{ me { nickname } }")
+    assert status == 400 and "nickname" in body["errors"][0]["message"]
+    status, body = await gql(gw, "{ __schema { types { name } } }")
+    assert status == 400 and "introspection" in body["detail"].lower()
+    status, body = await gql(gw, "query Q($id: ID!) { user(id: $id) { name } }",
+                             variables={"id": None})
+    assert status == 400 and "variables" in body["detail"]
+    async with gw.session.post(gw.url + "/graphql", data=b"not json", headers={
+            "X-Caller": "7", "Content-Type": "application/json"}) as response:
+        assert response.status == 400
+        assert problem(await response.read())["status"] == 400
+    async with gw.session.put(gw.url + "/graphql", headers={"X-Caller": "7"}) as response:
+        assert response.status == 405
+        assert response.headers["Allow"] == "GET, POST"
+    assert ups["users"].seen == [] and ups["shop"].seen == []
+
+
+async def test_get_queries_variables_and_mutations(
+        pygate_gateway: Any, upstream: UpstreamFactory, schema_dir: str) -> None:
+    ups = await services(upstream)
+    gw = await pygate_gateway(config(ups), plugins={"caller": Caller()}, base_dir=schema_dir)
+    status, body = await gql(gw, "query Q($id: ID!) { user(id: $id) { name } }",
+                             variables={"id": "7"}, method="GET")
+    assert (status, body) == (200, {"data": {"user": {"name": "Ada"}}})
+    status, body = await gql(gw, 'mutation { rename(name: "Ada L.") { id } }', method="GET")
+    assert status == 405
+    status, body = await gql(gw, 'mutation { rename(name: "Ada L.") { id } }')
+    assert (status, body) == (200, {"data": {"rename": {"id": "7"}}})
+    assert ups["users"].seen[-1].method == "PUT"
+
+
+async def test_plugins_apply_to_the_graphql_route(
+        pygate_gateway: Any, upstream: UpstreamFactory, schema_dir: str) -> None:
+    ups = await services(upstream)
+    gw = await pygate_gateway(config(ups), plugins={"caller": Caller()}, base_dir=schema_dir)
+    status, body = await gql(gw, "{ me { name } }", caller=None)
+    assert status == 401 and body["route"] == "graphql"
+    assert ups["users"].seen == []
+
+
+def test_resolvers_are_checked_against_the_schema_with_key_paths(tmp_path: Path) -> None:
+    (tmp_path / "schema.graphql").write_text(SCHEMA)
+    ups = {"users": type("U", (), {"url": "http://127.0.0.1:9"})(),
+           "shop": type("U", (), {"url": "http://127.0.0.1:9"})()}
+    cfg = config(ups, plugins={})
+    resolvers = cfg["routes"][0]["graphql"]["resolvers"]
+    resolvers["Query.mee"] = {"upstream": "users", "path": "/x"}
+    resolvers["Usr.name"] = {"upstream": "users", "path": "/x"}
+    resolvers["Order.product"] = {"upstream": "shop", "path": "/products/{parnt.id}"}
+    with pytest.raises(ConfigError) as caught:
+        build_gateway(load_data(cfg, base_dir=str(tmp_path)))
+    messages = [f"{issue.path}: {issue.message}" for issue in caught.value.issues]
+    assert any(m.startswith('routes[0].graphql.resolvers."Query.mee":')
+               and "did you mean 'me'" in m for m in messages), messages
+    assert any(m.startswith('routes[0].graphql.resolvers."Usr.name":')
+               and "did you mean 'User'" in m for m in messages), messages
+    assert any(m.startswith('routes[0].graphql.resolvers."Order.product".path:')
+               and "{parnt.id}" in m for m in messages), messages
+
+    (tmp_path / "schema.graphql").unlink()
+    with pytest.raises(ConfigError) as caught:
+        build_gateway(load_data(config(ups, plugins={}), base_dir=str(tmp_path)))
+    issue = caught.value.issues[0]
+    assert issue.path == "routes[0].graphql.schema" and issue.message.startswith("cannot read")
+
+
+def test_explain_lists_the_resolvers(tmp_path: Path) -> None:
+    (tmp_path / "schema.graphql").write_text(SCHEMA)
+    (tmp_path / "pygate.toml").write_text("""
+[upstreams.users]
+targets = ["http://127.0.0.1:3001"]
+
+[[routes]]
+name = "graphql"
+path = "/graphql"
+[routes.graphql]
+schema = "schema.graphql"
+max_depth = 5
+introspection = false
+[routes.graphql.resolvers."Query.me"]
+upstream = "users"
+path = "/users/{identity.id}"
+[routes.graphql.resolvers."User.orders"]
+upstream = "http://127.0.0.1:3002"
+path = "/orders"
+query = { userId = "{parent.id}" }
+""")
+    done = CliRunner().invoke(main, ["explain", "-c", str(tmp_path / "pygate.toml"),
+                                     "POST", "/graphql"])
+    assert done.exit_code == 0, done.output
+    tail = done.output.split("plugin chain, in order:\n  (none)\n", 1)[1]
+    assert tail.splitlines() == [
+        "graphql: schema schema.graphql, max_depth 5, introspection off",
+        "resolvers (a field's call is made only when a query selects it):",
+        "  Query.me -> users GET /users/{identity.id}",
+        "  User.orders -> http://127.0.0.1:3002 GET /orders",
+    ]
