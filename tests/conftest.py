@@ -18,6 +18,7 @@ import signal
 import socket
 import sys
 import time
+import tomllib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
+
+from pygate.demo import make_app
 
 # ---------------------------------------------------------------------------
 # Ports
@@ -427,3 +430,35 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
     session = aiohttp.ClientSession(auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar())
     yield session
     await session.close()
+
+
+# ---------------------------------------------------------------------------
+# The shipped configurations (pygate.toml, examples/) against the demo services
+
+ROOT = Path(__file__).resolve().parent.parent
+"""The repository's root folder."""
+
+
+@pytest.fixture
+async def demo_services() -> AsyncIterator[dict[str, int]]:
+    """The users, orders and products demo services on free loopback ports."""
+    runners = []
+    ports: dict[str, int] = {}
+    for name in ("users", "orders", "products"):
+        runner = web.AppRunner(make_app(name), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        runners.append(runner)
+        ports[name] = int(runner.addresses[0][1])
+    yield ports
+    for runner in runners:
+        await runner.cleanup()
+
+
+def shipped_config(path: Path, ports: Mapping[str, int]) -> dict[str, Any]:
+    text = path.read_text()
+    for name, default in (("users", 3001), ("orders", 3002), ("products", 3003)):
+        text = text.replace(f"127.0.0.1:{default}", f"127.0.0.1:{ports[name]}")
+    data = tomllib.loads(text)
+    data.pop("gateway", None)
+    return data

@@ -12,8 +12,7 @@ import asyncio
 import re
 import time
 import types
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from pathlib import Path
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pygate_headers
@@ -21,12 +20,10 @@ import pytest
 from aiohttp import web
 
 from pygate import Context, Forbidden, Identity, UpstreamRequest, hookimpl
-from pygate.demo import make_app
 from pygate.testing import TestGateway as RunningGateway
 
-from .conftest import UpstreamFactory, free_port, problem
+from .conftest import ROOT, UpstreamFactory, free_port, problem, shipped_config
 
-ROOT = Path(__file__).resolve().parent.parent
 GatewayFactory = Callable[..., Awaitable[RunningGateway]]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -635,33 +632,6 @@ async def test_bff_routes_share_a_path_and_differ_by_client_header(
 
 # ---------------------------------------------------------------------------
 # The shipped configurations, against the demo services
-
-
-@pytest.fixture
-async def demo_services() -> AsyncIterator[dict[str, int]]:
-    """The users, orders and products demo services on free loopback ports."""
-    runners = []
-    ports: dict[str, int] = {}
-    for name in ("users", "orders", "products"):
-        runner = web.AppRunner(make_app(name), access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        runners.append(runner)
-        ports[name] = int(runner.addresses[0][1])
-    yield ports
-    for runner in runners:
-        await runner.cleanup()
-
-
-def shipped_config(path: Path, ports: Mapping[str, int]) -> dict[str, Any]:
-    import tomllib
-
-    text = path.read_text()
-    for name, default in (("users", 3001), ("orders", 3002), ("products", 3003)):
-        text = text.replace(f"127.0.0.1:{default}", f"127.0.0.1:{ports[name]}")
-    data = tomllib.loads(text)
-    data.pop("gateway", None)
-    return data
 
 
 async def test_demo_config_serves_order_details_and_both_bff_shapes(

@@ -23,7 +23,8 @@ from pygate import Context, Identity, Unauthorized, hookimpl
 from pygate.app import build_gateway
 from pygate.cli import main
 from pygate.config import ConfigError, load_data
-from tests.conftest import UpstreamFactory, problem
+from pygate.demo.token import demo_token
+from tests.conftest import ROOT, UpstreamFactory, problem, shipped_config
 
 SCHEMA = """
 type Query {
@@ -357,3 +358,27 @@ query = { userId = "{parent.id}" }
         "  Query.me -> users GET /users/{identity.id}",
         "  User.orders -> http://127.0.0.1:3002 GET /orders",
     ]
+
+
+async def test_the_demo_configuration_answers_the_readme_queries(
+        pygate_gateway: Any, demo_services: dict[str, int]) -> None:
+    gw = await pygate_gateway(shipped_config(ROOT / "pygate.toml", demo_services),
+                              base_dir=str(ROOT))
+    token = demo_token()
+    async with gw.session.post(gw.url + "/graphql", headers={"Authorization": f"Bearer {token}"},
+                               json={"query": "{ me { name orders { id total items "
+                                              "{ quantity product { name } } } } }"}) as reply:
+        assert reply.status == 200
+        me = (await reply.json())["data"]["me"]
+    assert me["name"] == "Alice Demo"
+    assert [o["id"] for o in me["orders"]] == ["100", "101"]
+    assert me["orders"][0]["items"] == [{"quantity": 2, "product": {"name": "Widget"}},
+                                        {"quantity": 1, "product": {"name": "Gadget"}}]
+    status, body = await gql(gw, '{ order(id: "999") { status } user(id: "2") { name } }',
+                             caller=None, method="GET")
+    assert status == 200
+    assert body["data"] == {"order": None, "user": {"name": "Bob Demo"}}
+    assert body["errors"][0]["path"] == ["order"]
+    status, body = await gql(gw, '{ order(id: "100") { customer { orders { customer { orders '
+                                 '{ customer { name } } } } } } }', caller=None, method="GET")
+    assert status == 400 and "7 levels" in body["detail"]
