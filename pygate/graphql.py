@@ -282,13 +282,21 @@ def _checked(query: Any, variables: Any, operation: Any
 def depth(selection_set: SelectionSetNode | None,
           fragments: Mapping[str, FragmentDefinitionNode], seen: frozenset[str] = frozenset()
           ) -> int:
-    """Nested selection levels: ``{ me { name } }`` has depth 2 (fragments expanded)."""
+    """Nested selection levels: ``{ me { name } }`` has depth 2 (fragments expanded).
+
+    An introspection field (``__schema``, ``__type``) counts as one level: what
+    is nested under it follows the schema's own shape (a client's standard
+    introspection query is 13 levels deep), and ``introspection`` governs it.
+    """
     if selection_set is None:
         return 0
     deepest = 0
     for selection in selection_set.selections:
         if isinstance(selection, FieldNode):
-            level = 1 + depth(selection.selection_set, fragments, seen)
+            if selection.name.value.startswith("__"):
+                level = 1  # __schema/__type: their nesting is the schema's, not the data's
+            else:
+                level = 1 + depth(selection.selection_set, fragments, seen)
         elif isinstance(selection, InlineFragmentNode):
             level = depth(selection.selection_set, fragments, seen)
         elif isinstance(selection, FragmentSpreadNode):

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from click.testing import CliRunner
+from graphql import get_introspection_query
 
 from pygate import Context, Identity, Unauthorized, hookimpl
 from pygate.app import build_gateway
@@ -251,6 +252,9 @@ async def test_too_deep_a_query_is_refused_before_any_call(
                               "{ me { orders { ...P } } }")
     assert status == 400
     assert ups["users"].seen == [] and ups["shop"].seen == []
+    # A client's standard introspection query is not held to the data's depth limit.
+    status, body = await gql(gw, get_introspection_query())
+    assert status == 200 and body["data"]["__schema"]["queryType"]["name"] == "Query"
 
 
 async def test_malformed_and_invalid_queries_are_400_problems_with_graphql_errors(
