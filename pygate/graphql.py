@@ -152,10 +152,7 @@ def compile_graphql(route: Route, config: GraphQLConfig, schema_path: str,
                 kwhere, f"type {type_name} has no field {field_name!r}"
                 + suggest(field_name, list(owner.fields))))
             continue
-        call = compiler.call(index, name, CallConfig(
-            upstream=resolver.upstream, path=resolver.path, method=resolver.method,
-            query=resolver.query, headers=resolver.headers, timeout=resolver.timeout),
-            upstream_for)
+        call = compiler.call(index, name, CallConfig(**dict(resolver)), upstream_for)
         if call is not None:
             plan.resolvers[key] = call
             owner.fields[field_name].resolve = _resolver(key, call)

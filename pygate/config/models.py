@@ -102,32 +102,30 @@ class UpstreamConfig(Model):
         raise ValueError(f'expected "ip", "consumer" or "header:NAME", found {value!r}')
 
 
-class CallConfig(Model):
+class ResolverConfig(Model):
+    """An upstream call behind a GraphQL field; the base of an aggregate route's call."""
+
     upstream: str
     path: str = "/"
     method: str = "GET"
     query: dict[str, str] = Field(default_factory=dict)
     headers: dict[str, str] = Field(default_factory=dict)
+    timeout: Duration | None = None
+
+
+class CallConfig(ResolverConfig):
+    """One call of an aggregate route: a resolver's keys plus a body and how to shape it."""
+
     body: Any = None
     fields: list[str] | None = None
     rename: dict[str, str] = Field(default_factory=dict)
     merge: bool = False
     optional: bool = False
-    timeout: Duration | None = None
 
 
 class AggregateConfig(Model):
     timeout: Duration = 3.0
     calls: dict[str, CallConfig] = Field(min_length=1)
-
-
-class ResolverConfig(Model):
-    upstream: str
-    path: str = "/"
-    method: str = "GET"
-    query: dict[str, str] = Field(default_factory=dict)
-    headers: dict[str, str] = Field(default_factory=dict)
-    timeout: Duration | None = None
 
 
 class GraphQLConfig(Model):
