@@ -12,19 +12,21 @@ from __future__ import annotations
 import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import structlog
 
 from .aggregate import AggregatePlan, compile_plan
 from .config import Config, ConfigError, UpstreamConfig, is_url
-from .graphql import GraphQLPlan, compile_graphql
 from .plugins import EMPTY_CHAIN, Chain, ChainBuilder, PluginSet, enabled_plugins, load_plugins
 from .plugins import route_settings as merge_route_settings
 from .router import Route, Router
 from .sanitize import ForwardedRule
 from .upstream import Upstream
+
+if TYPE_CHECKING:  # graphql-core is imported only when a GraphQL route exists
+    from .graphql import GraphQLPlan
 
 log = structlog.get_logger("pygate")
 
@@ -161,6 +163,8 @@ def build_gateway(config: Config, extra_plugins: Mapping[str, Any] | None = None
             issues.extend(found)
         graphql = None
         if route.config.graphql is not None:
+            from .graphql import compile_graphql  # graphql-core: ~15 MB, loaded when needed
+
             graphql, found = compile_graphql(
                 route, route.config.graphql,
                 str(config.resolve_path(route.config.graphql.schema_)),

@@ -18,7 +18,6 @@ import structlog
 from aiohttp import web
 from multidict import CIMultiDict
 
-from . import graphql
 from .aggregate import Transform, call_headers, execute
 from .app import Gateway, RoutePlan
 from .context import Context, RouteInfo, UpstreamRequest
@@ -351,6 +350,8 @@ class Pipeline:
         calls = plan.aggregate
         if calls is None:
             assert plan.graphql is not None
+            from . import graphql  # imported by the configuration already
+
             state = graphql.GraphQLRequest(
                 request, ctx, ctx.route.params, query,
                 call_headers(request, ctx, forwarded_for, trusted), transformer, fork_ctx,
