@@ -28,6 +28,7 @@ from typing import Any
 
 from aiohttp import web
 from graphql import (
+    ASTValidationRule,
     DocumentNode,
     ExecutionResult,
     FieldNode,
@@ -76,6 +77,13 @@ class GraphQLPlan:
     max_depth: int
     introspection: bool
     resolvers: dict[str, CallPlan] = field(default_factory=dict)  # "Type.field" -> call
+    rules: tuple[type[ASTValidationRule], ...] = ()  # validation, decided at load
+
+    def __post_init__(self) -> None:
+        rules = list(specified_rules)
+        if not self.introspection:
+            rules.append(NoSchemaIntrospectionCustomRule)
+        self.rules = tuple(rules)
 
     def describe(self) -> list[str]:
         """``Query.me -> users GET /users/{identity.id}`` lines for ``pygate explain``."""
@@ -315,10 +323,7 @@ def prepare(plan: GraphQLPlan, query: str, variables: dict[str, Any] | None,
         document = parse(query)
     except GraphQLError as exc:
         raise BadGraphQLRequest(f"syntax error: {exc.message}", [exc]) from None
-    rules = list(specified_rules)
-    if not plan.introspection:
-        rules.append(NoSchemaIntrospectionCustomRule)
-    errors = validate(plan.schema, document, rules)
+    errors = validate(plan.schema, document, plan.rules)
     if errors:
         raise BadGraphQLRequest(f"invalid query: {errors[0].message}", errors)
     fragments = {d.name.value: d for d in document.definitions

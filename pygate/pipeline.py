@@ -346,7 +346,7 @@ class Pipeline:
                 await transform(chain, request, call_ctx, upstream_request)
         assert ctx.route is not None
         gw: Gateway = ctx.app  # the request's own gateway, even after a reload
-        fork_ctx = any(step.is_async for step in chain.transform_request)
+        fork_ctx = chain.transform_is_async
         calls = plan.aggregate
         if calls is None:
             assert plan.graphql is not None

@@ -58,6 +58,11 @@ class Chain:
         """Every log hook is a plain function (run in a loop callback, no task)."""
         return not any(step.is_async for step in self.log)
 
+    @cached_property
+    def transform_is_async(self) -> bool:
+        """Some ``transform_request`` hook is a coroutine: concurrent calls need own contexts."""
+        return any(step.is_async for step in self.transform_request)
+
 
 EMPTY_CHAIN = Chain()
 
