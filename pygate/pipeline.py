@@ -45,20 +45,17 @@ class PluginFailure(Exception):
 
 async def call_step(step: Step, hook: str, args: tuple[Any, ...], ctx: Context) -> Any:
     """Call one hook implementation with the plugin's config in ``ctx.config``."""
+    if not step.is_async:
+        return call_sync(step, hook, args, ctx)
     ctx.config = step.config
     try:
         if step.args is not None:
             args = tuple(args[i] for i in step.args)
-        result = step.func(*args)
-        if step.is_async:
-            result = await result
-        return result
+        return await step.func(*args)
     except GatewayError:
         raise
     except Exception as exc:
-        log.error("plugin raised", plugin=step.plugin, hook=hook, request_id=ctx.request_id,
-                  error=f"{type(exc).__name__}: {exc}", exc_info=exc)
-        raise PluginFailure(step.plugin, hook) from exc
+        raise _failure(step, hook, ctx, exc) from exc
 
 
 def call_sync(step: Step, hook: str, args: tuple[Any, ...], ctx: Context) -> Any:
@@ -71,9 +68,14 @@ def call_sync(step: Step, hook: str, args: tuple[Any, ...], ctx: Context) -> Any
     except GatewayError:
         raise
     except Exception as exc:
-        log.error("plugin raised", plugin=step.plugin, hook=hook, request_id=ctx.request_id,
-                  error=f"{type(exc).__name__}: {exc}", exc_info=exc)
-        raise PluginFailure(step.plugin, hook) from exc
+        raise _failure(step, hook, ctx, exc) from exc
+
+
+def _failure(step: Step, hook: str, ctx: Context, exc: Exception) -> PluginFailure:
+    """Log a hook implementation's exception; the failure that answers 500 naming it."""
+    log.error("plugin raised", plugin=step.plugin, hook=hook, request_id=ctx.request_id,
+              error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+    return PluginFailure(step.plugin, hook)
 
 
 async def first_response(steps: tuple[Step, ...], hook: str, request: web.BaseRequest,
