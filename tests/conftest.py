@@ -29,6 +29,7 @@ import pytest
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from pygate import hookimpl
 from pygate.demo import make_app
 
 # ---------------------------------------------------------------------------
@@ -430,6 +431,21 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
     session = aiohttp.ClientSession(auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar())
     yield session
     await session.close()
+
+
+class Recorder:
+    """An in-test plugin that keeps the access-log records the ``log`` hook gets."""
+
+    PRIORITY = 1
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+        self.logged = asyncio.Event()
+
+    @hookimpl
+    def log(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+        self.logged.set()
 
 
 # ---------------------------------------------------------------------------

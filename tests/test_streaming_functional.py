@@ -26,7 +26,7 @@ from aiohttp import web
 
 from pygate import Context, Forbidden, hookimpl
 from pygate.testing import TestGateway as RunningGateway
-from tests.conftest import GatewayFactory
+from tests.conftest import GatewayFactory, Recorder
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 GatewayStarter = Callable[..., Awaitable[RunningGateway]]
@@ -65,21 +65,6 @@ async def streaming_upstream() -> AsyncIterator[Callable[[Handler], Awaitable[St
     yield factory
     for runner in runners:
         await runner.cleanup()
-
-
-class Recorder:
-    """An in-test plugin that keeps the access-log records the ``log`` hook gets."""
-
-    PRIORITY = 1
-
-    def __init__(self) -> None:
-        self.records: list[dict[str, Any]] = []
-        self.logged = asyncio.Event()
-
-    @hookimpl
-    def log(self, record: dict[str, Any]) -> None:
-        self.records.append(record)
-        self.logged.set()
 
 
 class ResponseStamp:

@@ -22,7 +22,14 @@ from aiohttp import WSMsgType, web
 
 from pygate import Context, Forbidden, Identity, Unauthorized, UpstreamRequest, hookimpl
 from pygate.testing import TestGateway as RunningGateway
-from tests.conftest import GatewayFactory, Upstream, UpstreamFactory, free_port, problem
+from tests.conftest import (
+    GatewayFactory,
+    Recorder,
+    Upstream,
+    UpstreamFactory,
+    free_port,
+    problem,
+)
 
 GatewayStarter = Callable[..., Awaitable[RunningGateway]]
 WAIT = 5.0  # upper bound for every awaited event; passing runs take milliseconds
@@ -91,21 +98,6 @@ async def ws_upstream(upstream: UpstreamFactory) -> WsUpstream:
     http = await upstream(handler)
     state.append(WsUpstream(http))
     return state[0]
-
-
-class Recorder:
-    """An in-test plugin that keeps the access-log records the ``log`` hook gets."""
-
-    PRIORITY = 1
-
-    def __init__(self) -> None:
-        self.records: list[dict[str, Any]] = []
-        self.logged = asyncio.Event()
-
-    @hookimpl
-    def log(self, record: dict[str, Any]) -> None:
-        self.records.append(record)
-        self.logged.set()
 
 
 def gateway_config(url: str, *, plugins: dict[str, Any] | None = None,
