@@ -128,6 +128,19 @@ async def accepts_connections(port: int) -> bool:
 GatewayFactory = Callable[..., Awaitable[GatewayProcess]]
 
 
+async def launch_gateway(config_path: Path, config: str, stderr_path: Path,
+                         *extra: str) -> GatewayProcess:
+    """Write ``config`` and start ``pygate serve`` on a free port (``extra`` arguments after)."""
+    await asyncio.to_thread(config_path.write_text, config)
+    port = free_port()
+    with stderr_path.open("wb") as stderr:
+        proc = await asyncio.create_subprocess_exec(
+            *serve_command(config_path, port, *extra), stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL, stderr=stderr, env=subprocess_env(),
+            cwd=config_path.parent)
+    return GatewayProcess(proc, port, config_path, stderr_path)
+
+
 @pytest.fixture
 async def gateway_process(tmp_path: Path, upstream: Any, raw_upstream: Any
                           ) -> AsyncIterator[GatewayFactory]:
@@ -143,17 +156,11 @@ async def gateway_process(tmp_path: Path, upstream: Any, raw_upstream: Any
 
     async def factory(config: str, *, startup: float = 15.0) -> GatewayProcess:
         index = len(started)
-        config_path = tmp_path / ("pygate.toml" if index == 0 else f"pygate-{index}.toml")
-        config_path.write_text(config)
-        stderr_path = tmp_path / f"gateway-{index}.stderr"
-        port = free_port()
-        with stderr_path.open("wb") as stderr:
-            proc = await asyncio.create_subprocess_exec(
-                *serve_command(config_path, port), stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL, stderr=stderr, env=subprocess_env(),
-                cwd=tmp_path)
-        gateway = GatewayProcess(proc, port, config_path, stderr_path)
+        gateway = await launch_gateway(
+            tmp_path / ("pygate.toml" if index == 0 else f"pygate-{index}.toml"), config,
+            tmp_path / f"gateway-{index}.stderr")
         started.append(gateway)
+        proc, port = gateway.proc, gateway.port
         deadline = time.monotonic() + startup
         while not await accepts_connections(port):
             if proc.returncode is not None:

@@ -34,9 +34,8 @@ from tests.conftest import (
     UpstreamFactory,
     accepts_connections,
     free_port,
+    launch_gateway,
     parse_responses,
-    serve_command,
-    subprocess_env,
 )
 
 pytestmark = pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc")
@@ -210,16 +209,8 @@ async def serve(tmp_path: Path, upstream: Any) -> AsyncIterator[ServeFactory]:
 
     async def factory(text: str, *extra: str) -> GatewayProcess:
         index = len(started)
-        config_path = tmp_path / f"serve-{index}.toml"
-        config_path.write_text(text)
-        stderr_path = tmp_path / f"serve-{index}.stderr"
-        port = free_port()
-        with stderr_path.open("wb") as stderr:
-            proc = await asyncio.create_subprocess_exec(
-                *serve_command(config_path, port, *extra), stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL, stderr=stderr, env=subprocess_env(),
-                cwd=tmp_path)
-        gateway = GatewayProcess(proc, port, config_path, stderr_path)
+        gateway = await launch_gateway(tmp_path / f"serve-{index}.toml", text,
+                                       tmp_path / f"serve-{index}.stderr", *extra)
         started.append(gateway)
         return gateway
 
