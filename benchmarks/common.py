@@ -233,7 +233,7 @@ def terminate_on_sigterm() -> Iterator[None]:
 # ---------------------------------------------------------------------------
 # The upstream
 
-NGINX_CONF = """\
+NGINX_HEAD = """\
 daemon off;
 master_process on;
 worker_processes 1;
@@ -253,6 +253,11 @@ http {{
     scgi_temp_path {dir}/scgi;
     keepalive_timeout 75s;
     keepalive_requests 1000000;
+"""
+"""The start of every generated nginx.conf: one worker, its own paths, keep-alive, up to
+``http {``; each configuration below adds its ``server`` (and ``upstream``) blocks."""
+
+NGINX_CONF = NGINX_HEAD + """\
 
     server {{
         listen 127.0.0.1:{port} backlog=4096;
@@ -1028,26 +1033,7 @@ def ratio_table(results: Sequence[Result], pairs: Sequence[tuple[str, str, str]]
 # ---------------------------------------------------------------------------
 # nginx as a reverse proxy; the Express gateway
 
-NGINX_PROXY_CONF = """\
-daemon off;
-master_process on;
-worker_processes 1;
-pid {dir}/nginx.pid;
-error_log {dir}/nginx-error.log warn;
-
-events {{
-    worker_connections 4096;
-}}
-
-http {{
-    access_log off;
-    client_body_temp_path {dir}/client_body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-    keepalive_timeout 75s;
-    keepalive_requests 1000000;
+NGINX_PROXY_CONF = NGINX_HEAD + """\
 
     upstream backend {{
         server {upstream};
