@@ -44,7 +44,6 @@ from common import (
     Result,
     WrkOptions,
     ensure_tools,
-    flag_errors,
     free_port,
     log_stderr,
     machine_notes,
@@ -54,7 +53,7 @@ from common import (
     npm_install,
     pygate_contender,
     ratio_line,
-    replace_readme_section,
+    report,
     terminate_on_sigterm,
     workspace,
 )
@@ -217,13 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         log_stderr("interrupted; servers stopped")
         return 130
 
-    had_errors = flag_errors(results) | flag_errors(latency)
-    table = render(results, latency, notes, args.latency_duration)
-    print(table)
-    if args.write_readme:
-        replace_readme_section(SECTION, table)
-        log_stderr(f"wrote the {SECTION} table to benchmarks/README.md")
-    return 2 if had_errors else 0
+    return report(render(results, latency, notes, args.latency_duration), SECTION,
+                  args.write_readme, results, latency)
 
 
 def _node_version() -> str:

@@ -36,7 +36,6 @@ from common import (
     aiohttp_peer_contender,
     ensure_tools,
     express_gateway_contender,
-    flag_errors,
     log_stderr,
     machine_notes,
     markdown_table,
@@ -47,7 +46,7 @@ from common import (
     pygate_contender,
     ratio_line,
     ratio_table,
-    replace_readme_section,
+    report,
     terminate_on_sigterm,
     workspace,
 )
@@ -163,13 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         log_stderr("interrupted; servers stopped")
         return 130
 
-    had_errors = flag_errors(results)
     table = (render_scaling if args.scaling else render)(results, options, cpus)
-    print(table)
-    if args.write_readme:
-        replace_readme_section(section, table)
-        log_stderr(f"wrote the {section} table to benchmarks/README.md")
-    return 2 if had_errors else 0
+    return report(table, section, args.write_readme, results)
 
 
 if __name__ == "__main__":

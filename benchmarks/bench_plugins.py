@@ -63,7 +63,6 @@ from common import (
     ensure_tools,
     express_gateway_contender,
     find_tool,
-    flag_errors,
     free_port,
     log_stderr,
     machine_notes,
@@ -74,7 +73,7 @@ from common import (
     pygate_contender,
     ratio_table,
     redis_server,
-    replace_readme_section,
+    report,
     terminate_on_sigterm,
     wait_until_answers,
     workspace,
@@ -455,15 +454,10 @@ def main(argv: list[str] | None = None) -> int:
         log_stderr("interrupted; servers stopped")
         return 130
 
-    had_errors = flag_errors(results)
     table = "\n\n".join(
         [markdown_table(results, ratio_to=CHECKS), ratio_table(results, RATIOS), notes]
     )
-    print(table)
-    if args.write_readme:
-        replace_readme_section(SECTION, table)
-        log_stderr(f"wrote the {SECTION} table to benchmarks/README.md")
-    return 2 if had_errors else 0
+    return report(table, SECTION, args.write_readme, results)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ from common import (
     WrkOptions,
     ensure_tools,
     find_tool,
-    flag_errors,
     log_stderr,
     machine_notes,
     markdown_table,
@@ -37,7 +36,7 @@ from common import (
     pygate_contender,
     ratio_table,
     redis_server,
-    replace_readme_section,
+    report,
     terminate_on_sigterm,
     workspace,
 )
@@ -115,12 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         log_stderr("interrupted; servers stopped")
         return 130
-    had_errors = flag_errors(results)
-    print(text)
-    if args.write_readme:
-        replace_readme_section(SECTION, text)
-        log_stderr(f"wrote the {SECTION} table to benchmarks/README.md")
-    return 2 if had_errors else 0
+    return report(text, SECTION, args.write_readme, results)
 
 
 if __name__ == "__main__":

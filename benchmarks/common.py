@@ -772,6 +772,21 @@ def flag_errors(results: Sequence[Result], log: Log = log_stderr) -> bool:
 # Reporting
 
 
+def report(table: str, section: str, write_readme: bool, *runs: Sequence[Result]) -> int:
+    """A scenario script's ending: flag errors, print ``table``, maybe write it; the exit code.
+
+    0 when every run of ``runs`` was clean, 2 when any contender had errors.
+    """
+    had_errors = False
+    for results in runs:
+        had_errors |= flag_errors(results)
+    print(table)
+    if write_readme:
+        replace_readme_section(section, table)
+        log_stderr(f"wrote the {section} table to benchmarks/README.md")
+    return 2 if had_errors else 0
+
+
 def markdown_table(results: Sequence[Result], ratio_to: str | None = None) -> str:
     """A Markdown table: requests/s, p50, p99, errors and requests/s relative to ``ratio_to``."""
     baseline = next((r for r in results if r.name == ratio_to), None)
