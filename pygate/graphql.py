@@ -55,7 +55,7 @@ from multidict import CIMultiDict
 
 from .aggregate.placeholders import Missing, Placeholder, Scope
 from .aggregate.plan import SOURCES, CallCompiler, CallPlan
-from .aggregate.run import CallFailed, Transform, make_call
+from .aggregate.run import CallFailed, Transform, make_call, render_call
 from .config import CallConfig, ConfigIssue, GraphQLConfig, key_path, suggest
 from .context import Context
 from .errors import GatewayError, MethodNotAllowed, PayloadTooLarge
@@ -203,15 +203,15 @@ class GraphQLRequest:
         scope = Scope(self.params, self.raw_query, self.request.headers, self.ctx.identity)
         scope.results = {"parent": parent if parent is not None else {}, "args": args}
         try:
-            path, query = call.render_target(scope)
-            extra = tuple(call.render_headers(scope))
+            upstream_request = render_call(call, scope, self.headers)
         except Missing as missing:
             raise GraphQLError(f"{key} was not resolved: {missing}") from None
-        same = (call.upstream.name, call.method, path, query, extra)
+        same = (upstream_request.upstream, upstream_request.method, upstream_request.path,
+                upstream_request.query, tuple(upstream_request.headers.items()))
         task = self.calls.get(same)
         if task is None:  # the first to ask makes the call; the others share its result
             task = asyncio.get_running_loop().create_task(make_call(
-                call, scope, self.ctx, self.headers, transform=self.transform,
+                call, upstream_request, self.ctx, transform=self.transform,
                 fork_ctx=self.fork_ctx, deadline=self.deadline, max_body=self.max_body,
                 label=key))
             self.calls[same] = task

@@ -245,33 +245,37 @@ class _Execution:
         return Composed(body, partial)
 
     async def _call(self, call: CallPlan) -> Any:
-        return await make_call(call, self.scope, self.ctx, self.headers,
-                               transform=self.transform, fork_ctx=self.fork_ctx,
-                               deadline=self.deadline, max_body=self.max_body)
+        try:
+            upstream_request = render_call(call, self.scope, self.headers)
+        except Missing as missing:
+            return CallFailed(502, f"call {call.name!r} was not made: {missing}")
+        return await make_call(call, upstream_request, self.ctx, transform=self.transform,
+                               fork_ctx=self.fork_ctx, deadline=self.deadline,
+                               max_body=self.max_body)
 
 
-async def make_call(call: CallPlan, scope: Scope, request_ctx: Context,
-                    base_headers: CIMultiDict[str], *, transform: Transform | None,
-                    fork_ctx: bool, deadline: float, max_body: int,
-                    label: str | None = None) -> Any:
-    """One call: render, transform, send, read; a JSON value or :class:`CallFailed`.
+def render_call(call: CallPlan, scope: Scope, base_headers: CIMultiDict[str]
+                ) -> UpstreamRequest:
+    """The request of one call for this scope; raise :class:`Missing`."""
+    path, query = call.render_target(scope)
+    headers = base_headers.copy()
+    for header_name, header_value in call.render_headers(scope):
+        headers[header_name] = header_value
+    body = call.body.render(scope) if call.body is not None else None
+    return UpstreamRequest(method=call.method, path=path, query=query, headers=headers,
+                           upstream=call.upstream.name, body=body)
+
+
+async def make_call(call: CallPlan, upstream_request: UpstreamRequest, request_ctx: Context,
+                    *, transform: Transform | None, fork_ctx: bool, deadline: float,
+                    max_body: int, label: str | None = None) -> Any:
+    """One rendered call: transform, send, read; a JSON value or :class:`CallFailed`.
 
     ``label`` names the call in errors (the call's name by default; a GraphQL
     resolver's ``Type.field``).
     """
     name = label or call.name
     loop = asyncio.get_running_loop()
-    try:
-        path, query = call.render_target(scope)
-        headers = base_headers.copy()
-        for header_name, header_value in call.render_headers(scope):
-            headers[header_name] = header_value
-        body = call.body.render(scope) if call.body is not None else None
-    except Missing as missing:
-        return CallFailed(502, f"call {name!r} was not made: {missing}")
-    upstream_request = UpstreamRequest(method=call.method, path=path, query=query,
-                                       headers=headers, upstream=call.upstream.name,
-                                       body=body)
     ctx = fork(request_ctx) if fork_ctx else request_ctx
     if transform is not None:
         await transform(upstream_request, ctx)
