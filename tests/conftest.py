@@ -16,6 +16,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import sys
 import time
 import tomllib
@@ -287,6 +288,21 @@ class RawUpstream:
 
 
 RawCallback = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def answer_with_reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A raw upstream callback: read the request head, then reset (RST, not FIN)."""
+    await reader.readuntil(b"\r\n\r\n")
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+async def answer_not_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A raw upstream callback: read the request head, then answer bytes that are not HTTP."""
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(b"this is not HTTP at all\r\n\r\n")
+    await writer.drain()
 
 
 @pytest.fixture

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import struct
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -26,6 +24,8 @@ from tests.conftest import (
     GatewayProcess,
     RawUpstream,
     UpstreamFactory,
+    answer_not_http,
+    answer_with_reset,
     count_body,
     echo,
     free_port,
@@ -551,22 +551,11 @@ async def test_upstream_failures_become_problem_documents(
     async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
 
-    async def reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        sock = writer.get_extra_info("socket")
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        writer.transport.abort()  # RST instead of FIN
-
-    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"this is not HTTP at all\r\n\r\n")
-        await writer.drain()
-
     ok = await upstream()
     slow_up = await upstream(slow)
     closer: RawUpstream = await raw_upstream(hang_up)
-    liar: RawUpstream = await raw_upstream(garbage)
-    resetter: RawUpstream = await raw_upstream(reset)
+    liar: RawUpstream = await raw_upstream(answer_not_http)
+    resetter: RawUpstream = await raw_upstream(answer_with_reset)
     closed_port = free_port()
     gw = await gateway_process(
         gateway_section(timeout="1s")

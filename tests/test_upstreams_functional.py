@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import struct
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -26,6 +25,8 @@ from tests.conftest import (
     RawUpstream,
     Upstream,
     UpstreamFactory,
+    answer_not_http,
+    answer_with_reset,
     free_port,
     problem,
 )
@@ -424,23 +425,10 @@ async def test_retries_stop_at_the_request_deadline(
 # ---------------------------------------------------------------------------
 
 
-async def reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    await reader.readuntil(b"\r\n\r\n")
-    sock = writer.get_extra_info("socket")
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    writer.transport.abort()  # RST instead of FIN
-
-
-async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    await reader.readuntil(b"\r\n\r\n")
-    writer.write(b"this is not HTTP at all\r\n\r\n")
-    await writer.drain()
-
-
 async def test_refused_reset_and_malformed_upstreams_get_502_fast(
         pygate_gateway: Gateways, upstream: UpstreamFactory, raw_upstream: Any) -> None:
-    resetter: RawUpstream = await raw_upstream(reset)
-    liar: RawUpstream = await raw_upstream(garbage)
+    resetter: RawUpstream = await raw_upstream(answer_with_reset)
+    liar: RawUpstream = await raw_upstream(answer_not_http)
     live = await upstream(named("live"))
     for target, detail in ((f"http://127.0.0.1:{free_port()}", "refused the connection"),
                            (resetter.url, "failed: connection"),
