@@ -104,11 +104,10 @@ def make_server(handler: Handler) -> GatewayServer:
 class Running:
     """A started gateway: the runner, its bound address, and how to stop it."""
 
-    def __init__(self, gateway: Gateway, runner: web.ServerRunner, site: web.BaseSite,
-                 host: str, port: int, pipeline: Pipeline | None = None) -> None:
+    def __init__(self, gateway: Gateway, runner: web.ServerRunner, host: str, port: int,
+                 pipeline: Pipeline | None = None) -> None:
         self.gateway = gateway
         self.runner = runner
-        self.site = site
         self.host = host
         self.port = port
         self.pipeline = pipeline or Pipeline(gateway)
@@ -224,7 +223,7 @@ async def start(gateway: Gateway, host: str, port: int, *,
         await gateway.stop()
         raise
     address = socks[0].getsockname()
-    return Running(gateway, runner, sites[0], address[0], address[1], pipeline)
+    return Running(gateway, runner, address[0], address[1], pipeline)
 
 
 def settle_heap() -> None:
