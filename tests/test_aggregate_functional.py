@@ -20,6 +20,7 @@ import pytest
 from aiohttp import web
 
 from pygate import Context, Forbidden, Identity, UpstreamRequest, hookimpl
+from pygate.demo.token import demo_token
 from pygate.testing import TestGateway as RunningGateway
 
 from .conftest import ROOT, UpstreamFactory, free_port, problem, shipped_config
@@ -637,7 +638,8 @@ async def test_bff_routes_share_a_path_and_differ_by_client_header(
 async def test_demo_config_serves_order_details_and_both_bff_shapes(
         pygate_gateway: GatewayFactory, demo_services: dict[str, int]) -> None:
     gateway = await pygate_gateway(shipped_config(ROOT / "pygate.toml", demo_services))
-    status, headers, body, _ = await get(gateway, "/api/order-details/100")
+    token = {"Authorization": f"Bearer {demo_token()}"}  # every route that shows orders needs it
+    status, headers, body, _ = await get(gateway, "/api/order-details/100", headers=token)
     assert status == 200 and "X-Pygate-Partial" not in headers
     assert body == {
         "order": {"id": "100", "status": "shipped", "total": 59.9},
@@ -645,15 +647,16 @@ async def test_demo_config_serves_order_details_and_both_bff_shapes(
         "items": [{"id": "1001", "name": "Widget", "price": 19.95},
                   {"id": "1002", "name": "Gadget", "price": 20.0}],
     }
-    status, _, body, _ = await get(gateway, "/api/order-details/999")
+    status, _, body, _ = await get(gateway, "/api/order-details/999", headers=token)
     assert status == 502 and problem(body)["call"] == "order"
 
-    status, _, mobile, _ = await get(gateway, "/api/home/1", headers={"X-Client": "mobile"})
+    status, _, mobile, _ = await get(gateway, "/api/home/1",
+                                    headers={**token, "X-Client": "mobile"})
     assert status == 200
     assert mobile == {"displayName": "Alice Demo", "address": {"city": "Lisbon"},
                       "orders": [{"id": "100", "status": "shipped"},
                                  {"id": "101", "status": "pending"}]}
-    status, _, desktop, _ = await get(gateway, "/api/home/1")
+    status, _, desktop, _ = await get(gateway, "/api/home/1", headers=token)
     assert status == 200
     assert set(desktop) == {"user", "orders", "latest_items"}
     assert desktop["user"]["email"] == "alice@example.com"
@@ -664,7 +667,7 @@ async def test_demo_config_serves_order_details_and_both_bff_shapes(
     status, _, _ = await gateway.request(
         "POST", "/api/users", json={"name": "Dee Demo", "email": "dee@example.com"})
     assert status == 201
-    status, headers, body, _ = await get(gateway, "/api/home/4")
+    status, headers, body, _ = await get(gateway, "/api/home/4", headers=token)
     assert status == 200 and headers["X-Pygate-Partial"] == "latest_items"
     assert body["orders"] == [] and body["latest_items"] is None
 

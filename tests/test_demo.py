@@ -1,16 +1,29 @@
-"""The bundled demo services answer as the README and the example config expect."""
+"""The bundled demo services answer as the README and the example config expect.
+
+The last part holds the demo configuration (the top-level pygate.toml) to one
+policy: every route that reaches the orders service requires the demo JWT.
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from pygate.demo import SERVICES, make_app
+from pygate.config import Config, RouteConfig, is_url, load
+from pygate.demo import DEFAULT_PORTS, SERVICES, make_app
 from pygate.demo.__main__ import parse_args
 from pygate.demo.services import RECORDS
+from pygate.demo.token import demo_token
+from pygate.plugins import route_settings
+from pygate.testing import TestGateway as RunningGateway
+
+from .conftest import ROOT, problem, shipped_config
 
 Client = TestClient[web.Request, web.Application]
 MakeClient = Callable[[web.Application], Awaitable[Client]]
@@ -178,3 +191,98 @@ def test_cli_defaults() -> None:
         3003,
     )
     assert parse_args(["--orders-port", "4002"]).orders_port == 4002
+
+
+# ---------------------------------------------------------------------------
+# The demo configuration: no route shows orders without a token
+
+DEMO_CONFIG = load(ROOT / "pygate.toml")
+"""The top-level pygate.toml as pygate parses it (demo ports, nothing replaced)."""
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+SAMPLE_PARAMS = {"id": "100", "userId": "1"}
+"""A value for each path parameter of the demo routes: order 100 belongs to user 1."""
+
+GRAPHQL_QUERY = "{ me { name orders { id total } } }"
+"""A query of the demo schema that reads the orders service."""
+
+
+def is_orders_service(config: Config, upstream: str) -> bool:
+    """Whether ``upstream`` (a name from [upstreams] or a URL) has a target on the orders port."""
+    urls = ([upstream] if is_url(upstream)
+            else [t.url for t in config.upstreams[upstream].targets])
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.hostname in LOOPBACK and parts.port == DEFAULT_PORTS["orders"]:
+            return True
+    return False
+
+
+def route_upstreams(route: RouteConfig) -> list[str]:
+    """Every upstream a route may call: its proxy target, aggregate calls, GraphQL resolvers."""
+    upstreams = [route.upstream] if route.upstream is not None else []
+    if route.aggregate is not None:
+        upstreams += [call.upstream for call in route.aggregate.calls.values()]
+    if route.graphql is not None:
+        upstreams += [resolver.upstream for resolver in route.graphql.resolvers.values()]
+    return upstreams
+
+
+ORDERS_ROUTES = [route for route in DEMO_CONFIG.routes
+                 if any(is_orders_service(DEMO_CONFIG, u) for u in route_upstreams(route))]
+"""The demo routes that reach the orders service, derived from the configuration."""
+
+
+def test_orders_routes_are_found() -> None:
+    """The derivation sees the plain proxy route, so an empty list cannot pass for a policy."""
+    names = [route.name for route in ORDERS_ROUTES]
+    assert "orders" in names
+    assert "users" not in names
+
+
+@pytest.mark.parametrize("route", ORDERS_ROUTES, ids=lambda route: route.name)
+def test_orders_routes_require_the_jwt(route: RouteConfig) -> None:
+    """The jwt plugin is on for the route, and not optional there."""
+    jwt = route_settings(DEMO_CONFIG, route.plugins).get("jwt")
+    assert jwt is not None, f"route {route.name!r} reaches orders with the jwt plugin off"
+    assert jwt.get("optional", False) is False, (
+        f"route {route.name!r} reaches orders but its token is optional")
+
+
+def sample_request(route: RouteConfig) -> tuple[str, str, dict[str, str], dict[str, Any]]:
+    """``(method, path, headers, extra)`` of a request that the route matches and serves."""
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1)
+        assert name in SAMPLE_PARAMS, f"add a sample value for {{{name}}} to SAMPLE_PARAMS"
+        return SAMPLE_PARAMS[name]
+
+    path = re.sub(r"\{(\w+)(?::path)?\}", value, route.path)
+    headers = dict(route.headers or {})
+    if route.hosts:
+        headers["Host"] = route.hosts[0].replace("*", "demo")
+    if route.graphql is not None:
+        return "POST", path, headers, {"json": {"query": GRAPHQL_QUERY}}
+    methods = route.methods or ["GET"]
+    return ("GET" if "GET" in methods else methods[0]), path, headers, {}
+
+
+@pytest.mark.parametrize("route", ORDERS_ROUTES, ids=lambda route: route.name)
+async def test_orders_routes_answer_401_without_the_demo_token_and_200_with_it(
+        pygate_gateway: Callable[..., Awaitable[RunningGateway]],
+        demo_services: dict[str, int], route: RouteConfig) -> None:
+    gateway = await pygate_gateway(shipped_config(ROOT / "pygate.toml", demo_services),
+                                   base_dir=str(ROOT))
+    method, path, headers, extra = sample_request(route)
+
+    status, reply_headers, body = await gateway.request(method, path, headers=headers, **extra)
+    assert status == 401, (route.name, status, body)
+    assert problem(body)["route"] == route.name
+    assert reply_headers["WWW-Authenticate"].startswith("Bearer")
+
+    headers["Authorization"] = f"Bearer {demo_token()}"
+    status, _, body = await gateway.request(method, path, headers=headers, **extra)
+    assert status == 200, (route.name, status, body)
+    if route.graphql is not None:
+        assert "errors" not in body, body
+        assert [order["id"] for order in body["data"]["me"]["orders"]] == ["100", "101"]
