@@ -16,6 +16,9 @@ computes the same values.
   previous)``.
 - token bucket: GCRA (the generic cell rate algorithm) with a burst of ``limit`` and
   one token back every ``window / limit``; state ``(theoretical_arrival_time_us,)``.
+
+Every ``reset_ms`` and ``retry_ms`` lies in ``[0, window]`` (see :class:`Outcome`), so
+``RateLimit-Reset`` and ``Retry-After`` never exceed the window.
 """
 
 from __future__ import annotations
@@ -45,11 +48,13 @@ class Outcome:
     :param allowed: whether this limit lets the request through.
     :param limit: the limit's request count.
     :param remaining: requests left after this one (0 when refused).
-    :param reset_ms: until the whole limit is available again: the end of the current
-        window (fixed window), of the next one (sliding window: the requests of this
-        window weigh on it until then), a full bucket (token bucket); ``retry_ms``
-        when refused.
-    :param retry_ms: until a request would be admitted; 0 when allowed.
+    :param reset_ms: until the quota resets, at most the window: the end of the current
+        window (fixed window: the whole limit is back; sliding window: the previous
+        window's requests have stopped counting, while this window's fade out over the
+        next one), a full bucket (token bucket); ``retry_ms`` when refused.
+    :param retry_ms: until a request would be admitted, at most the window (see
+        :func:`sliding_window` for the one case where the exact wait is longer); 0 when
+        allowed.
     """
 
     allowed: bool
@@ -96,6 +101,16 @@ def fixed_window(state: State | None, now_us: int, limit: Limit) -> Step:
 
 
 def sliding_window(state: State | None, now_us: int, limit: Limit) -> Step:
+    """The weighted two-window estimate.
+
+    Admitted, the reset is the end of the current window, not the time the estimate is
+    back to 0: this window's requests weigh on it until the end of the next window, up
+    to ``2 * window`` away. Refused, the wait is exact, except within the first
+    ``window / limit`` of a window that already holds ``limit`` requests: those fade
+    only after the roll-over, so the exact wait, ``window - elapsed + window / limit``,
+    is longer than the window; it is capped at the window (a request then is refused
+    with the rest of the wait, at most ``window / limit``).
+    """
     window = limit.window_ms
     now_ms = now_us // 1000
     start = now_ms - now_ms % window
@@ -116,11 +131,12 @@ def sliding_window(state: State | None, now_us: int, limit: Limit) -> Step:
                               previous)
         else:
             # after the roll-over, `current` becomes the decaying previous window
-            retry = window - elapsed + _ceil_div((current - limit.limit + 1) * window, current)
+            retry = min(window, window - elapsed
+                        + _ceil_div((current - limit.limit + 1) * window, current))
         return Step(Outcome(False, limit.limit, 0, retry, retry), (start, current, previous), ttl)
     remaining = (limit.limit * window - used - window) // window
-    # this window's requests weigh on the estimate until the next window ends
-    return Step(Outcome(True, limit.limit, remaining, 2 * window - elapsed, 0),
+    # the reset is this window's end: the previous window's requests stop counting then
+    return Step(Outcome(True, limit.limit, remaining, window - elapsed, 0),
                 (start, current + 1, previous), ttl)
 
 
@@ -141,7 +157,10 @@ def token_bucket(state: State | None, now_us: int, limit: Limit) -> Step:
                     _ceil_div(tat - now_us, 1000))
     remaining = (now_us + burst - new_tat) // interval
     until_full = _ceil_div(new_tat - now_us, 1000)
-    return Step(Outcome(True, limit.limit, remaining, until_full, 0), (new_tat,), until_full)
+    # a full bucket is at most `window` away, except when `limit` exceeds the window in
+    # microseconds: the interval is then 1 us and the burst longer than the window
+    reset = min(until_full, limit.window_ms)
+    return Step(Outcome(True, limit.limit, remaining, reset, 0), (new_tat,), until_full)
 
 
 Algorithm = Callable[[State | None, int, Limit], Step]

@@ -161,7 +161,8 @@ class MemoryStore:
 # KEYS[i] holds limit i's state. ARGV[1] is the algorithm, ARGV[2] the time in us or ''
 # for the server's clock (tests pin it), ARGV[2i+1] and ARGV[2i+2] limit i's request
 # count and window (ms). Returns {admitted, then per limit: allowed, remaining, reset_ms,
-# retry_ms}. The arithmetic mirrors algorithms.py line by line.
+# retry_ms}. The arithmetic mirrors algorithms.py line by line (reset and retry at most
+# the window).
 LUA = """
 local function idiv(a, b)
   local q = math.floor(a / b)
@@ -214,12 +215,13 @@ for i = 1, #KEYS do
       if current + 1 <= limit then
         retry = ceil_div((window - elapsed) * previous - (limit - current - 1) * window, previous)
       else
-        retry = window - elapsed + ceil_div((current - limit + 1) * window, current)
+        retry = math.min(window, window - elapsed
+          + ceil_div((current - limit + 1) * window, current))
       end
       ok, remaining, reset = 0, 0, retry
     else
       ok, remaining, reset, retry = 1, idiv(limit * window - used - window, window),
-        2 * window - elapsed, 0
+        window - elapsed, 0
       writes[#writes + 1] = {key, {'s', str(start), 'c', str(current + 1), 'p', str(previous)},
         start + 2 * window - now_ms}
     end
@@ -235,8 +237,9 @@ for i = 1, #KEYS do
       ok, remaining, reset = 0, 0, retry
     else
       ok, remaining, retry = 1, idiv(now_us + burst - new_tat, interval), 0
-      reset = ceil_div(new_tat - now_us, 1000)
-      writes[#writes + 1] = {key, str(new_tat), reset}
+      local until_full = ceil_div(new_tat - now_us, 1000)
+      reset = math.min(until_full, window)
+      writes[#writes + 1] = {key, str(new_tat), until_full}
     end
   end
   if ok == 0 then reply[1] = 0 end

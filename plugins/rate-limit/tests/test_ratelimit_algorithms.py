@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pygate_rate_limit.algorithms import (
     FIXED_WINDOW,
     SLIDING_WINDOW,
@@ -85,7 +87,7 @@ def test_sliding_window_retry_is_when_the_weight_has_decayed():
     # previous window held 10; 30 s into this one: 5 used, 4 current -> 9 + 1 = 10 allowed
     step = sliding_window((start_ms, 4, 10), T0 + 30 * S, limit)
     assert step.outcome.allowed and step.outcome.remaining == 0
-    assert step.outcome.reset_ms == 90_000  # this window's 5 weigh until the next one ends
+    assert step.outcome.reset_ms == 30_000  # the window's end: the previous 10 stop counting
     # one more: previous must weigh <= 4 -> 24 s before the window end, i.e. 6 s from now
     step = sliding_window((start_ms, 5, 10), T0 + 30 * S, limit)
     assert not step.outcome.allowed
@@ -201,3 +203,117 @@ def test_keys_share_one_hash_tag_and_stay_plain():
     assert odd.startswith("#") and "{" not in odd and "}" not in odd
     assert key_part("x" * 500) != key_part("x" * 501)
     assert key_part("ip=10.0.0.1\n").startswith("#")
+
+
+# ---------------------------------------------------------------------------
+# RateLimit-Reset and Retry-After stay within [0, window]
+# ---------------------------------------------------------------------------
+
+HOUR = Limit(5, 3_600_000)
+HOUR_START = 1_700_002_800 * S  # a multiple of 3600 s: the start of an hour window
+
+
+def test_sliding_window_reset_after_one_request_is_the_window_end():
+    """The reported case: 476 s into the hour the header said 6,724 (2 h - 476 s)."""
+    step = sliding_window(None, HOUR_START + 476 * S, HOUR)
+    assert step.outcome.allowed and step.outcome.remaining == 4
+    assert step.outcome.reset_ms == 3_124_000
+    assert decide([step.outcome]).reset == 3124
+    assert step.ttl_ms == 6_724_000  # the state itself lives until the next window ends
+
+
+@given(offset_us=st.integers(0, 3_600 * S - 1))
+def test_one_request_against_5_per_hour_resets_within_the_hour(offset_us):
+    for run_algorithm in (fixed_window, sliding_window, token_bucket):
+        step = run_algorithm(None, HOUR_START + offset_us, HOUR)
+        decision = decide([step.outcome])
+        assert decision.allowed and decision.remaining == 4
+        assert 1 <= decision.reset <= 3600
+
+
+def test_sliding_window_retry_after_a_burst_is_capped_at_the_window():
+    """5 requests in the first 12 min (an hour / 5) weigh into the next hour: the exact
+    wait is 1 h - 476 s + 12 min, more than the window; Retry-After says the window."""
+    now = HOUR_START + 476 * S
+    state = None
+    for _ in range(5):
+        step = sliding_window(state, now, HOUR)
+        assert step.outcome.allowed
+        state = step.state
+    refused = sliding_window(state, now, HOUR)
+    assert not refused.outcome.allowed
+    assert refused.outcome.retry_ms == refused.outcome.reset_ms == 3_600_000
+    assert decide([refused.outcome]).retry_after == 3600
+    # an hour later: still refused, and the rest of the wait is 720 s - 476 s
+    later = sliding_window(state, now + 3_600 * S, HOUR)
+    assert not later.outcome.allowed and later.outcome.retry_ms == 244_000
+    assert sliding_window(state, now + (3_600 + 244) * S, HOUR).outcome.allowed
+
+
+@pytest.mark.parametrize("algorithm", [FIXED_WINDOW, SLIDING_WINDOW, TOKEN_BUCKET])
+def test_reset_after_one_request_is_exact(algorithm):
+    outcome = evaluate(algorithm, [None], HOUR_START + 476 * S, [HOUR])[0][0].outcome
+    # fixed and sliding: the hour's end; token bucket: one token back, 3600 s / 5
+    assert outcome.reset_ms == (720_000 if algorithm == TOKEN_BUCKET else 3_124_000)
+
+
+def test_token_bucket_reset_is_capped_when_the_limit_exceeds_the_window_in_us():
+    limit = Limit(5000, 1)  # 5000 per ms: a 1 us interval, so the burst lasts 5 ms
+    state = None
+    for _ in range(3000):
+        step = token_bucket(state, T0, limit)
+        state = step.state
+    assert step.outcome.allowed and step.outcome.reset_ms == 1
+    assert step.ttl_ms == 3  # the state still lives until the bucket is full
+
+
+@st.composite
+def traffic(draw: st.DrawFn) -> tuple[str, Limit, int, list[int]]:
+    """An algorithm, a limit, a start time and the gaps (us) between requests."""
+    algorithm = draw(st.sampled_from([FIXED_WINDOW, SLIDING_WINDOW, TOKEN_BUCKET]))
+    count = draw(st.one_of(st.integers(1, 10), st.integers(1, 5000)))
+    window_ms = draw(st.one_of(st.integers(1, 5000),
+                               st.sampled_from([1000, 60_000, 3_600_000, 86_400_000]),
+                               st.integers(1, 7 * 86_400_000)))
+    start = T0 + draw(st.integers(0, 10**12))
+    window_us = window_ms * 1000
+    gaps = draw(st.lists(st.one_of(st.just(0), st.integers(0, window_us // 8),
+                                   st.integers(0, window_us * 3 // 2)), max_size=60))
+    return algorithm, Limit(count, window_ms), start, gaps
+
+
+@settings(max_examples=300, deadline=None)
+@given(traffic())
+def test_reset_and_retry_stay_within_the_window(case):
+    """For any traffic: reset and retry in [0, window]; a request at the retry time is
+    admitted, unless the sliding window capped the retry at the window (then the rest
+    of the wait is at most window / limit)."""
+    algorithm, limit, start, gaps = case
+    window_s = ceil_div(limit.window_ms, 1000)
+    clock = Clock(start)
+    store = MemoryStore(clock)
+    keys = limit_keys("t", "k", algorithm, [limit])
+    for gap in [0, *gaps]:
+        clock.now += gap
+        outcome = store.check_now(keys, algorithm, [limit])[0]
+        assert 0 <= outcome.reset_ms <= limit.window_ms
+        assert 0 <= outcome.retry_ms <= limit.window_ms
+        decision = decide([outcome])
+        assert 0 <= decision.reset <= window_s
+        assert 0 <= decision.retry_after <= window_s
+        if outcome.allowed:
+            assert outcome.retry_ms == 0 and outcome.reset_ms >= 1
+            continue
+        assert outcome.retry_ms >= 1 and outcome.reset_ms == outcome.retry_ms
+        assert decision.retry_after >= 1 and decision.reset == decision.retry_after
+        probe = MemoryStore(Clock(clock.now + outcome.retry_ms * 1000))
+        probe.entries = store.entries.copy()
+        then = probe.check_now(keys, algorithm, [limit])[0]
+        if algorithm == SLIDING_WINDOW and outcome.retry_ms == limit.window_ms:
+            assert then.allowed or then.retry_ms <= ceil_div(limit.window_ms, limit.limit)
+        else:
+            assert then.allowed
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)

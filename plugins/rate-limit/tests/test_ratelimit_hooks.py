@@ -228,6 +228,50 @@ async def test_token_bucket_refills_gradually(pygate_gateway, fake_upstream, bac
     assert await statuses(gateway, "/", 3) == [200, 200, 429]
 
 
+HOUR_START = 1_700_002_800 * S  # the start of an hour
+
+
+@pytest.mark.parametrize(("algorithm", "reset", "retry_after"), [
+    ("fixed-window", "3124", "3124"),  # the hour's end, 476 s in
+    # the hour's end; refused, the 5 of the first 12 min (an hour / 5) would weigh into
+    # the next hour (exact wait 3844 s): Retry-After is capped at the window
+    ("sliding-window", "3124", "3600"),
+    ("token-bucket", "720", "720"),  # one token back every 3600 s / 5
+])
+async def test_reset_and_retry_after_stay_within_the_window(pygate_gateway, fake_upstream,
+                                                            backend, algorithm, reset,
+                                                            retry_after):
+    upstream = await fake_upstream()
+    gateway = await start(pygate_gateway, upstream.url, {
+        "limit": 5, "window": "1h", "algorithm": algorithm, "backend": backend})
+    pin_clock(backend, Clock(HOUR_START + 476 * S))
+    status, headers, _ = await gateway.request("GET", "/")
+    assert (status, rate_headers(headers)) == (200, ("5", "4", reset))
+    assert await statuses(gateway, "/", 4) == [200] * 4
+    status, headers, _ = await gateway.request("GET", "/")
+    assert status == 429
+    assert headers["Retry-After"] == retry_after
+    assert rate_headers(headers) == ("5", "0", retry_after)
+
+
+@pytest.mark.parametrize("algorithm", ["fixed-window", "sliding-window", "token-bucket"])
+async def test_reset_within_the_window_on_the_real_clock(pygate_gateway, fake_upstream,
+                                                         backend, algorithm):
+    """No pinned clock: the memory store reads the wall clock, Redis its own TIME."""
+    upstream = await fake_upstream()
+    gateway = await start(pygate_gateway, upstream.url, {
+        "limit": 5, "window": "1h", "algorithm": algorithm, "backend": backend})
+    await early_in_window(3600, 3)
+    status, headers, _ = await gateway.request("GET", "/")
+    assert status == 200 and headers["RateLimit-Remaining"] == "4"
+    assert 1 <= int(headers["RateLimit-Reset"]) <= 3600
+    assert await statuses(gateway, "/", 4) == [200] * 4
+    status, headers, _ = await gateway.request("GET", "/")
+    assert status == 429 and headers["RateLimit-Remaining"] == "0"
+    assert 1 <= int(headers["Retry-After"]) <= 3600
+    assert headers["RateLimit-Reset"] == headers["Retry-After"]
+
+
 async def early_in_window(window_s: float, needed_s: float) -> None:
     """Sleep past the next epoch-aligned boundary if less than ``needed_s`` is left."""
     left = window_s - time.time() % window_s

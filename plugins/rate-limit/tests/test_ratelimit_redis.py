@@ -87,6 +87,40 @@ async def test_lua_script_and_python_agree(redis_server, algorithm):
             await remote.close()
 
 
+async def test_lua_script_caps_reset_and_retry_at_the_window(redis_server):
+    hour = Limit(5, 3_600_000)
+    clock = Clock(1_700_002_800 * S + 476 * S)  # 476 s into an hour
+    memory = MemoryStore(clock)
+    remote = RedisStore(redis_server.url, 1.0)
+    remote.clock = clock
+    client = aioredis.Redis.from_url(redis_server.url)
+
+    async def both(keys: list[str], algorithm: str, limit: Limit) -> tuple[int, ...]:
+        outcome = (await memory.check(keys, algorithm, [limit]))[0]
+        assert await remote.check(keys, algorithm, [limit]) == [outcome]
+        return outcome.allowed, outcome.remaining, outcome.reset_ms, outcome.retry_ms
+
+    try:
+        sliding = limit_keys("cap", "sw", SLIDING_WINDOW, [hour])
+        # one request: the hour's end, not 2 h - 476 s
+        assert await both(sliding, SLIDING_WINDOW, hour) == (True, 4, 3_124_000, 0)
+        for _ in range(4):
+            await both(sliding, SLIDING_WINDOW, hour)
+        # a sixth in the hour's first 12 min: the exact wait, 3_844 s, is capped
+        assert await both(sliding, SLIDING_WINDOW, hour) == (False, 0, 3_600_000, 3_600_000)
+        # 5000 per ms: a 1 us interval; 3000 us of tokens taken (Redis expires keys on
+        # its own clock, so the state is written, not built by 3000 pinned requests)
+        fast = Limit(5000, 1)
+        bucket = limit_keys("cap", "tb", TOKEN_BUCKET, [fast])
+        memory.entries[bucket[0]] = ((clock.now + 3000,), clock.now + 60 * S)
+        await client.set(bucket[0], str(clock.now + 3000), px=60_000)
+        # 4 ms to a full bucket, more than the 1 ms window: the reset says 1 ms
+        assert await both(bucket, TOKEN_BUCKET, fast) == (True, 1999, 1, 0)
+    finally:
+        await remote.close()
+        await client.aclose()
+
+
 async def test_keys_expire_and_share_one_cluster_slot(pygate_gateway, fake_upstream,
                                                       redis_server):
     upstream = await fake_upstream()
