@@ -55,6 +55,8 @@ class Gateway:
         self.upstreams = upstreams
         self.forwarded = ForwardedRule(config.gateway.trusted_networks())
         self.max_body = config.gateway.max_body
+        self.drop_underscores = config.gateway.underscore_headers == "drop"
+        self.reject_underscores = config.gateway.underscore_headers == "reject"
         self.timeout = config.gateway.timeout
         self.state: dict[str, Any] = {}
         self.client: aiohttp.ClientSession | None = None
@@ -138,7 +140,7 @@ def build_gateway(config: Config, extra_plugins: Mapping[str, Any] | None = None
     ) if config.plugins else EMPTY_CHAIN
 
     upstreams = {name: Upstream(name, up) for name, up in config.upstreams.items()}
-    router = Router(config.routes)
+    router = Router(config.routes, ignore_case=config.gateway.path_case == "insensitive")
     for route in router.routes:
         settings = merge_route_settings(config, route.config.plugins)
         where = {

@@ -16,12 +16,15 @@ from typing import Any
 
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict
 
 from .aggregate import Transform, call_headers, execute
 from .app import Gateway, RoutePlan
 from .context import Context, RouteInfo, UpstreamRequest
 from .errors import (
+    BadRequest,
     GatewayError,
     MethodNotAllowed,
     NotFound,
@@ -30,7 +33,16 @@ from .errors import (
     problem_response,
 )
 from .plugins import Chain, Step
-from .sanitize import check_framing, host_of, normalize_path, request_id, strip_hop_by_hop
+from .sanitize import (
+    check_framing,
+    check_headers,
+    drop_underscored,
+    host_of,
+    normalize_path,
+    request_id,
+    strip_hop_by_hop,
+)
+from .upstream.client import head_problem
 from .upstream.forward import Streamer, exchange
 
 log = structlog.get_logger("pygate")
@@ -93,13 +105,27 @@ async def first_response(steps: tuple[Step, ...], hook: str, request: web.BaseRe
 
 async def transform(chain: Chain, request: web.BaseRequest, ctx: Context,
                     upstream_request: UpstreamRequest) -> None:
-    """Run every ``transform_request`` implementation (for each upstream call)."""
+    """Run every ``transform_request`` implementation (for each upstream call).
+
+    After each one the request it leaves must still be a safe request head
+    (no CR/LF or control character in the method, target or headers): a
+    plugin that breaks one answers 500 naming it, and nothing is sent.
+    """
     args = (request, ctx, upstream_request)
     for step in chain.transform_request:
         if step.is_async:
             await call_step(step, "transform_request", args, ctx)
         else:
             call_sync(step, "transform_request", args, ctx)
+        query = upstream_request.query
+        problem = head_problem(
+            upstream_request.method,
+            f"{upstream_request.path}?{query}" if query else upstream_request.path,
+            list(upstream_request.headers.items()))
+        if problem is not None:
+            log.error("plugin made an invalid upstream request", plugin=step.plugin,
+                      hook="transform_request", request_id=ctx.request_id, problem=problem)
+            raise PluginFailure(step.plugin, "transform_request")
 
 
 class InFlight:
@@ -117,6 +143,7 @@ class Pipeline:
     def __init__(self, gateway: Gateway) -> None:
         self.gw = gateway
         self.in_flight = 0  # requests being handled, for the drain
+        self.draining = False  # set when the drain starts: every response closes
         self.on_gw = InFlight()  # those of them that run on self.gw, for a reload
         self._log_tasks: set[asyncio.Task[None]] = set()
 
@@ -170,6 +197,7 @@ class Pipeline:
                     except GatewayError:
                         close = True  # the body's framing is in doubt: read nothing more
                         raise
+                check_headers(headers, reject_underscores=gw.reject_underscores)
                 path, encoded, query = normalize_path(request.raw_path)
                 ctx.path = path
                 host = host_of(headers)
@@ -233,9 +261,19 @@ class Pipeline:
                 response = self._internal_error(ctx)
                 ctx.error = str(failure)
             except Exception as exc:
-                log.error("unhandled error", request_id=ctx.request_id, exc_info=exc)
-                response = self._internal_error(ctx)
-                ctx.error = type(exc).__name__
+                fault = client_fault(request, exc)
+                if fault is None:
+                    log.error("unhandled error", request_id=ctx.request_id, exc_info=exc)
+                    response = self._internal_error(ctx)
+                    ctx.error = type(exc).__name__
+                else:
+                    # the client went away or sent a broken body: its doing, not ours
+                    log.info("request ended by the client", request_id=ctx.request_id,
+                             status=fault.status, error=fault.detail)
+                    response = from_error(fault, request_id=ctx.request_id,
+                                          route=ctx.route.name if ctx.route else None)
+                    ctx.error = fault.detail
+                    close = True
 
             assert response is not None
             response_headers = response.headers
@@ -263,8 +301,9 @@ class Pipeline:
                 ctx.status = response.status
             # Never let the server library announce itself (a plugin may remove upstream's).
             response.headers.setdefault("Server", "pygate")
-            if close:
-                response.force_close()
+            if close or self.draining:
+                response.force_close()  # during a drain: Connection: close
+
             await self._send(request, response, stream, ctx)
             if chain is not None and chain.log:
                 self._schedule_log(chain, ctx, request, response)
@@ -388,6 +427,27 @@ class Pipeline:
         record = access_record(ctx)
         record["query"] = request.query_string
         record["cache"] = response.headers.get("X-Cache")
+        self._schedule_record(chain, ctx, record)
+
+    def refused(self, conn: RequestHandler, status: int, detail: str, rid: str) -> None:
+        """An access line for a request refused before the pipeline saw it (the HTTP
+        parser's 400/431, a request head that came too late: 408)."""
+        chain = self.gw.global_chain
+        if not chain.log:
+            return
+        transport = conn.transport
+        peer = transport.get_extra_info("peername") if transport is not None else None
+        ctx = Context(request_id=rid, client_ip=peer[0] if peer else "", method="", path="",
+                      start=time.monotonic())
+        ctx.app = self.gw
+        ctx.status = status
+        ctx.error = detail
+        record = access_record(ctx)
+        record["query"] = ""
+        record["cache"] = None
+        self._schedule_record(chain, ctx, record)
+
+    def _schedule_record(self, chain: Chain, ctx: Context, record: dict[str, Any]) -> None:
         if chain.log_is_sync:
             self._loop.call_soon(run_sync_log_hooks, chain, ctx, record)
             return
@@ -406,6 +466,8 @@ def outgoing_headers(request: web.BaseRequest, ctx: Context, forwarded_for: str,
     """The client's headers minus hop-by-hop ones, plus X-Forwarded-* and X-Request-ID."""
     headers = CIMultiDict(request.headers)
     strip_hop_by_hop(headers)
+    if ctx.app.drop_underscores:
+        drop_underscored(headers)
     if "Expect" in headers:
         headers.popall("Expect")
     host = headers.get("Host", "")
@@ -421,6 +483,21 @@ def outgoing_headers(request: web.BaseRequest, ctx: Context, forwarded_for: str,
             headers.popall("X-Forwarded-Host")
     headers["X-Request-ID"] = ctx.request_id
     return headers
+
+
+def client_fault(request: web.BaseRequest, exc: Exception) -> GatewayError | None:
+    """The 4xx for an exception the client caused (PRODUCT.md section 4, item 6), else None.
+
+    A body cut short or a connection closed mid-request is 499 (as nginx logs
+    a client that went away); a body whose framing breaks mid-stream (a bad
+    chunk size) is 400.
+    """
+    if isinstance(exc, HttpProcessingError):
+        return BadRequest("malformed request body")
+    transport = request.transport
+    if isinstance(exc, ConnectionError) or transport is None or transport.is_closing():
+        return GatewayError("the client closed the connection", status=499)
+    return None
 
 
 def access_record(ctx: Context) -> dict[str, Any]:

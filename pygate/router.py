@@ -31,7 +31,7 @@ class CompiledPath:
     params: list[str]
     path_params: frozenset[str]
     prefix: str  # literal segments before the first parameter, "" for "/"
-    regex: re.Pattern[str] | None
+    regex: re.Pattern[str] | None  # templates; and prefixes matched ignoring case
 
     def match(self, path: str) -> dict[str, str] | None:
         """Params when ``path`` matches (on whole segments), else ``None``."""
@@ -46,8 +46,14 @@ class CompiledPath:
         return {k: (v or "") for k, v in found.groupdict().items()}
 
 
-def compile_path(path: str) -> CompiledPath:
-    """Compile a route path; raise TemplateError naming what is wrong."""
+def compile_path(path: str, *, ignore_case: bool = False) -> CompiledPath:
+    """Compile a route path; raise TemplateError naming what is wrong.
+
+    With ``ignore_case`` (``gateway.path_case = "insensitive"``) the literal
+    segments match in any case; parameters keep the case the client sent.
+    Python's case-insensitive matching folds one character to one character,
+    so a matched prefix has the length of the route's own.
+    """
     if not path.startswith("/"):
         raise TemplateError(f"expected a path starting with '/', found {path!r}")
     segments = [s for s in path.strip("/").split("/") if s] if path.strip("/") else []
@@ -82,9 +88,12 @@ def compile_path(path: str) -> CompiledPath:
                 prefix_parts.append(segment)
             pattern += "/" + re.escape(segment)
     prefix = "/" + "/".join(prefix_parts) if prefix_parts else ""
+    flags = re.IGNORECASE if ignore_case else 0
     if not params:
-        return CompiledPath(path, False, literal_count, [], frozenset(), prefix, None)
-    regex = re.compile(pattern + ("" if path_params else "/?") + r"\Z")
+        regex = re.compile(re.escape(prefix) + r"(?=/|\Z)", flags) if ignore_case and prefix \
+            else None
+        return CompiledPath(path, False, literal_count, [], frozenset(), prefix, regex)
+    regex = re.compile(pattern + ("" if path_params else "/?") + r"\Z", flags)
     return CompiledPath(path, True, literal_count, params, frozenset(path_params), prefix, regex)
 
 
@@ -175,13 +184,13 @@ class Match:
 class Router:
     """Routes in match order (PRODUCT.md section 3)."""
 
-    def __init__(self, routes: Sequence[RouteConfig]) -> None:
+    def __init__(self, routes: Sequence[RouteConfig], *, ignore_case: bool = False) -> None:
         compiled = []
         for index, config in enumerate(routes):
             compiled.append(Route(
                 index=index,
                 config=config,
-                path=compile_path(config.path),
+                path=compile_path(config.path, ignore_case=ignore_case),
                 methods=frozenset(config.methods) if config.methods else None,
                 host_match=_host_matcher(config.hosts),
                 headers=tuple((k, v) for k, v in (config.headers or {}).items()),

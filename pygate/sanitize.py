@@ -37,7 +37,6 @@ HOP_BY_HOP = (
     istr("Transfer-Encoding"),
     istr("Upgrade"),
 )
-_HOP_SET = frozenset(h.lower() for h in HOP_BY_HOP)
 _REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
 
 
@@ -130,6 +129,37 @@ def check_framing(headers: CIMultiDictProxy[str]) -> None:
         raise BadRequest("unsupported Transfer-Encoding")
 
 
+# Headers a request may carry once (PRODUCT.md section 4, item 7): with two, the
+# gateway and the upstream could each believe a different one.
+SINGLETONS = (istr("Authorization"), istr("Host"), istr("Content-Length"))
+
+
+def check_headers(headers: CIMultiDictProxy[str], *, reject_underscores: bool) -> None:
+    """Refuse ambiguous headers: PRODUCT.md section 4, item 7.
+
+    :raise BadRequest: more than one ``Authorization``, ``Host`` or
+        ``Content-Length``; with ``reject_underscores``, a header name holding ``_``.
+    """
+    for name in SINGLETONS:
+        if name in headers and len(headers.getall(name)) > 1:
+            raise BadRequest(f"more than one {name} header")
+    if reject_underscores:
+        for key in headers:
+            if "_" in key:
+                raise BadRequest(f"header name with an underscore: {key[:64]!r}")
+
+
+def drop_underscored(headers: CIMultiDict[str]) -> None:
+    """Remove, in place, every header whose name holds ``_`` (``X_User_Id``).
+
+    Servers behind CGI/WSGI conventions read ``X_User_Id`` as ``X-User-Id``, so
+    such a header could pose as one the gateway sets or strips.
+    """
+    names = [name for name in headers if "_" in name]
+    for name in names:
+        headers.popall(name, None)
+
+
 _ID_PREFIX = uuid.uuid4().hex[:16]
 _ID_COUNTER = itertools.count(1)
 
@@ -209,11 +239,6 @@ def strip_hop_by_hop(headers: CIMultiDict[str], *, keep_upgrade: bool = False) -
     proxy = [name for name in headers if name[:6].lower() == "proxy-"]
     for name in proxy:
         headers.popall(name, None)
-
-
-def is_hop_by_hop(name: str) -> bool:
-    lower = name.lower()
-    return lower in _HOP_SET or lower.startswith("proxy-")
 
 
 def host_of(headers: Mapping[str, Any]) -> str:

@@ -50,8 +50,81 @@ RETIRE_POLL = 0.05
 RETIRED_STOP_WITHIN = 5.0
 
 
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+
+
 class _Protocol(RequestHandler):
-    """aiohttp's protocol with RFC 9457 answers for requests the parser refused."""
+    """aiohttp's protocol with RFC 9457 answers for requests the parser refused,
+    and a deadline for each request head (PRODUCT.md section 4, item 9).
+
+    The head clock starts when a connection opens and, on a kept-alive
+    connection, when the first byte of the next request arrives while the
+    connection waits for one; it stops once a whole head has been parsed. A
+    head that is late gets 408 and the connection closes (a connection that
+    sent nothing at all is closed without an answer, as nginx does).
+    """
+
+    _head_timer: asyncio.TimerHandle | None = None
+    _head_count = 0
+    _head_bytes = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._arm_head_timer(received=False)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._head_timer is None and data:
+            waiter = self._waiter
+            if waiter is not None and not waiter.done():  # idle: a new head starts
+                self._arm_head_timer(received=True)
+        elif data:
+            self._head_bytes = True
+        super().data_received(data)
+        if self._head_timer is not None and self._request_count > self._head_count:
+            self._cancel_head_timer()
+
+    def _arm_head_timer(self, *, received: bool) -> None:
+        manager = self._manager
+        if not isinstance(manager, GatewayServer):
+            return
+        self._head_count = self._request_count
+        self._head_bytes = received
+        self._head_timer = self._loop.call_later(manager.header_timeout, self._head_late)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_late(self) -> None:
+        self._head_timer = None
+        transport = self.transport
+        if self._request_count > self._head_count or transport is None:
+            return
+        manager = self._manager
+        if self._head_bytes:
+            rid = request_id(None)
+            body = problem_body(408, "the request head did not arrive in time", request_id=rid)
+            transport.write(
+                b"HTTP/1.1 408 Request Timeout\r\nContent-Type: " + PROBLEM_CONTENT_TYPE.encode()
+                + b"\r\nContent-Length: %d\r\nConnection: close\r\nServer: pygate\r\n"
+                b"X-Request-ID: %s\r\n\r\n" % (len(body), rid.encode()) + body)
+            log.info("request head timed out", status=408, request_id=rid,
+                     timeout_s=manager.header_timeout if isinstance(manager, GatewayServer)
+                     else None)
+            if isinstance(manager, GatewayServer) and manager.on_refused is not None:
+                manager.on_refused(self, 408, "the request head did not arrive in time", rid)
+        self.force_close()
+
+    @property
+    def idle(self) -> bool:
+        """Waiting for a request (none in progress): a drain closes it at once."""
+        waiter = self._waiter
+        return waiter is not None and not waiter.done() and not self._request_in_progress
 
     def handle_error(
         self,
@@ -80,24 +153,54 @@ class _Protocol(RequestHandler):
             headers={"X-Request-ID": rid, "Server": "pygate"},
         )
         response.force_close()
+        manager = self._manager
+        if isinstance(manager, GatewayServer) and manager.on_refused is not None:
+            manager.on_refused(self, status, detail, rid)
         return response
 
 
+Refused = Callable[[RequestHandler, int, str, str], None]
+"""Told of a request refused before it reached the pipeline: (connection, status,
+detail, request ID), so that it still gets an access line."""
+
+
 class GatewayServer(web.Server):
+    """aiohttp's low-level server with pygate's protocol and per-connection limits."""
+
+    def __init__(self, handler: Handler, *, header_timeout: float,
+                 on_refused: Refused | None = None, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.header_timeout = header_timeout
+        self.on_refused = on_refused
+
     def __call__(self) -> RequestHandler:
         return _Protocol(self, loop=self._loop, **self._kwargs)
 
+    def set_timeouts(self, *, header_timeout: float, keepalive_timeout: float) -> None:
+        """New limits for connections opened from now on (a reload)."""
+        self.header_timeout = header_timeout
+        self._kwargs["keepalive_timeout"] = keepalive_timeout
 
-Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+    def close_idle(self) -> None:
+        """The drain: idle connections close now, busy ones after their response."""
+        for conn in self.connections:
+            if isinstance(conn, _Protocol) and conn.idle:
+                conn.force_close()
+            else:
+                conn.close()
 
 
-def make_server(handler: Handler) -> GatewayServer:
+def make_server(handler: Handler, *, header_timeout: float = 10.0,
+                keepalive_timeout: float = 75.0,
+                on_refused: Refused | None = None) -> GatewayServer:
     return GatewayServer(
         handler,
+        header_timeout=header_timeout,
+        on_refused=on_refused,
         access_log=None,
         max_line_size=MAX_LINE,
         max_field_size=MAX_FIELD,
-        keepalive_timeout=75.0,
+        keepalive_timeout=keepalive_timeout,
     )
 
 
@@ -146,7 +249,11 @@ class Running:
         if server is None:
             return
         await asyncio.sleep(0)  # let connections accepted just now start their request
-        server.pre_shutdown()
+        self.pipeline.draining = True  # every response from now on: Connection: close
+        if isinstance(server, GatewayServer):
+            server.close_idle()
+        else:
+            server.pre_shutdown()
         for gateway in [*self._retiring, self.gateway]:
             await gateway.drain()
         steps = max(1, round(within / DRAIN_POLL))
@@ -171,6 +278,11 @@ class Running:
             raise
         old = self.gateway
         left = self.pipeline.switch(gateway)
+        server = self.runner.server
+        if isinstance(server, GatewayServer):
+            limits = gateway.config.gateway
+            server.set_timeouts(header_timeout=limits.header_timeout,
+                                keepalive_timeout=limits.keepalive_timeout)
         self.gateway = gateway
         if gc.get_freeze_count():
             # Frozen objects are never collected: let the old gateway go once retired.
@@ -213,7 +325,10 @@ async def start(gateway: Gateway, host: str, port: int, *,
         if not socks:
             socks = bind(host, port, reuse_port=reuse_port)
         pipeline = Pipeline(gateway)
-        server = make_server(pipeline.handle)
+        limits = gateway.config.gateway
+        server = make_server(pipeline.handle, header_timeout=limits.header_timeout,
+                             keepalive_timeout=limits.keepalive_timeout,
+                             on_refused=pipeline.refused)
         runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=CUT_GRACE)
         await runner.setup()
         sites = [AcceptSite(runner, sock) for sock in socks]

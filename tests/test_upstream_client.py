@@ -14,6 +14,7 @@ from pygate.upstream.client import (
     ConnectError,
     ConnectTimeout,
     Disconnected,
+    InvalidHead,
     Pool,
     ProtocolError,
     ReadTimeout,
@@ -279,6 +280,34 @@ async def test_waiting_for_a_free_connection_is_bounded_by_the_connect_timeout(
     assert b'"/after"' in await response.read()
     assert p.size == 1
     await p.close()
+
+
+@pytest.mark.parametrize(("method", "target", "headers", "what"), [
+    ("GET", "/", [("X-A", "ok\r\nX-Injected: 1")], "value of header 'X-A'"),
+    ("GET", "/", [("X-A", "ok\nX-Injected: 1")], "value of header 'X-A'"),
+    ("GET", "/", [("X-A", "nul\x00")], "value of header 'X-A'"),
+    ("GET", "/", [("X-A", "bell\x07")], "value of header 'X-A'"),
+    ("GET", "/", [("X-A: 1\r\nX-B", "v")], "header name"),
+    ("GET", "/", [("Transfer-Encoding ", "chunked")], "header name"),
+    ("GET", "/", [("X A", "v")], "header name"),
+    ("GET", "/", [("", "v")], "header name"),
+    ("GET", "/a HTTP/1.1\r\nX-Injected: 1\r\n\r\nGET /b", [], "target"),
+    ("GET", "/a b", [], "target"),
+    ("GET", "", [], "target"),
+    ("GET /admin HTTP/1.1\r\n", "/", [], "method"),
+    ("G T", "/", [], "method"),
+])
+def test_head_refuses_injection(method: str, target: str, headers: list[tuple[str, str]],
+                                what: str) -> None:
+    with pytest.raises(InvalidHead, match=what):
+        build_head(method, target, headers, "h", 80, None)
+
+
+def test_head_keeps_what_clients_may_send() -> None:
+    head, _ = build_head("GET", "/p?q={a}|\"x\"", [("X-Tab", "a\tb"), ("X-Utf8", "café"),
+                                                      ("X-Raw", "\udcff")], "h", 80, None)
+    assert head.startswith(b"GET /p?q={a}|\"x\" HTTP/1.1\r\n")
+    assert b"X-Tab: a\tb\r\n" in head and "café".encode() in head and b"X-Raw: \xff" in head
 
 
 def test_head_refuses_header_injection() -> None:

@@ -60,11 +60,25 @@ class Composed:
 
     def response(self, body: Any) -> web.Response:
         """``body`` as a JSON response, with ``X-Pygate-Partial`` when calls failed."""
-        data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+        data = json_bytes(body)
         headers = dict(JSON_HEADERS)
         if self.partial:
             headers["X-Pygate-Partial"] = ",".join(self.partial)
         return web.Response(body=data, headers=headers)
+
+
+def json_bytes(value: Any) -> bytes:
+    """``value`` as compact UTF-8 JSON.
+
+    Strings decoded from JSON may hold lone surrogates (``"\\udc80"`` is valid
+    JSON): those cannot be UTF-8, so such a document is written with ``\\u``
+    escapes instead.
+    """
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return json.dumps(value, separators=(",", ":")).encode()
 
 
 def call_headers(request: web.BaseRequest, ctx: Context, forwarded_for: str,

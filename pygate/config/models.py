@@ -34,6 +34,11 @@ class GatewaySection(Model):
     max_body: Size = 10 * 1024 * 1024
     timeout: Duration = 30.0
     drain_timeout: Duration = 10.0
+    # PRODUCT.md section 4, items 7-9 (docs/security.md)
+    underscore_headers: Literal["drop", "reject", "allow"] = "drop"
+    path_case: Literal["sensitive", "insensitive"] = "sensitive"
+    header_timeout: Duration = Field(default=10.0, gt=0)
+    keepalive_timeout: Duration = Field(default=75.0, gt=0)
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -131,8 +136,20 @@ class AggregateConfig(Model):
 class GraphQLConfig(Model):
     schema_: str = Field(alias="schema")
     max_depth: int = Field(default=8, ge=1)
+    max_aliases: int = Field(default=15, ge=1)  # aliased fields in one document
+    max_cost: int = Field(default=1000, ge=1)  # estimated upstream calls, before any call
+    list_size: int = Field(default=10, ge=1)  # the items max_cost counts for each list
+    max_calls: int = Field(default=200, ge=1)  # upstream calls one request may make
     introspection: bool = True
     resolvers: dict[str, ResolverConfig] = Field(default_factory=dict)
+
+    @field_validator("max_depth", "max_aliases", "max_cost", "list_size", "max_calls",
+                     mode="before")
+    @classmethod
+    def _not_bool(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # pydantic would read true as 1
+            raise ValueError(f"expected a whole number >= 1, found {value!r}")
+        return value
 
 
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT")

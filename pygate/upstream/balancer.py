@@ -154,7 +154,8 @@ RING_LIMIT = 65536
 
 def ring_hash(text: str) -> int:
     """A stable 64-bit hash (the same in every process, unlike ``hash()``)."""
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+    return int.from_bytes(
+        hashlib.blake2b(text.encode("utf-8", "surrogateescape"), digest_size=8).digest(), "big")
 
 
 class ConsistentHash:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import re
 import ssl
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -41,12 +42,14 @@ __all__ = [
     "ConnectTimeout",
     "Connection",
     "Disconnected",
+    "InvalidHead",
     "Pool",
     "ProtocolError",
     "ReadTimeout",
     "UpstreamError",
     "UpstreamResponse",
     "build_head",
+    "head_problem",
 ]
 
 # Methods sent again on a new connection when a reused one closes before any answer
@@ -99,10 +102,11 @@ class Connection(asyncio.Protocol):
         if self._head is not None and not self._head.done():
             self._head.set_exception(Disconnected())
         elif response is not None and not response._done:
-            headers = response.headers
-            if response.content_length is None and "Transfer-Encoding" not in headers:
+            if exc is None and response.close_delimited:
                 response._finish()  # a body delimited by the connection's end
             else:
+                # fewer bytes than Content-Length, no last chunk, or a reset:
+                # never passed off as complete (PRODUCT.md section 4, item 10)
                 response._fail(Disconnected())
         if self._writing_paused is not None and not self._writing_paused.done():
             self._writing_paused.set_exception(Disconnected())
@@ -142,6 +146,9 @@ class Connection(asyncio.Protocol):
             for n, v in self._raw_headers)
         response = UpstreamResponse(self, status, self._status_reason.decode("latin-1"),
                                     headers)
+        # Decided from the framing now: the proxy strips Transfer-Encoding later.
+        response.close_delimited = (response.content_length is None
+                                    and "Transfer-Encoding" not in headers)
         self._response = response
         if self._head_only:
             # a HEAD answer has no body, whatever its length says: the message ends here
@@ -430,14 +437,55 @@ class Pool:
         self._open.clear()
 
 
+class InvalidHead(ValueError):
+    """A request head that would put bytes on the wire it must not (a header
+    injection): the call is refused and nothing is written."""
+
+
+_TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_METHOD = re.compile(_TOKEN)
+_NAMES = re.compile(rf"{_TOKEN}(?:\n{_TOKEN})*")
+# Control characters: none in a value but HTAB (RFC 9110 section 5.5), none in a target.
+_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_BAD_TARGET = re.compile(r"[\x00-\x20\x7f]")
+
+
+def head_problem(method: str, target: str, headers: Iterable[tuple[str, str]]) -> str | None:
+    """What makes a request head unsafe to write, or ``None``.
+
+    The method and every header name must be RFC 9110 tokens; the target and
+    the header values must hold no control character (no CR/LF to start a
+    header or a request of their own, no NUL) and the target no space.
+    One pass of two regular expressions in the common case.
+    """
+    if not _METHOD.fullmatch(method):
+        return f"the method {method[:32]!r} is not a token"
+    if not target or _BAD_TARGET.search(target):
+        return "the request target is empty or holds a space or control character"
+    pairs = headers if isinstance(headers, list) else list(headers)
+    if not pairs:
+        return None
+    if not _NAMES.fullmatch("\n".join([name for name, _ in pairs])):
+        for name, _ in pairs:
+            if not _METHOD.fullmatch(name):
+                return f"the header name {name[:64]!r} is not a token"
+    if _BAD_VALUE.search("\t".join([value for _, value in pairs])):
+        for name, value in pairs:
+            if _BAD_VALUE.search(value):
+                return f"the value of header {name[:64]!r} holds a control character"
+    return None
+
+
 def build_head(method: str, target: str, headers: Iterable[tuple[str, str]], host: str,
                port: int, body: bytes | AsyncIterator[bytes] | None) -> tuple[bytes, bool]:
-    """The request head (request line and headers) and whether the body is chunked."""
-    lines = [f"{method} {target} HTTP/1.1"]
+    """The request head (request line and headers) and whether the body is chunked.
+
+    :raise InvalidHead: the method, target or a header would inject bytes
+        (:func:`head_problem`); nothing is written then.
+    """
+    sent: list[tuple[str, str]] = []
     has_host = has_length = False
     for name, value in headers:
-        if "\n" in value or "\r" in value or "\x00" in value or ":" in name or "\n" in name:
-            raise ValueError(f"header {name!r} holds a line break, NUL or colon")
         lower = name.lower()
         if lower == "host":
             has_host = True
@@ -447,7 +495,12 @@ def build_head(method: str, target: str, headers: Iterable[tuple[str, str]], hos
             has_length = True
         elif lower == "transfer-encoding":
             continue
-        lines.append(f"{name}: {value}")
+        sent.append((name, value))
+    problem = head_problem(method, target, sent)
+    if problem is not None:
+        raise InvalidHead(problem)
+    lines = [f"{method} {target} HTTP/1.1"]
+    lines.extend([f"{name}: {value}" for name, value in sent])
     if not has_host:
         lines.append(f"Host: {host}:{port}" if port not in (80, 443) else f"Host: {host}")
     chunked = False

@@ -20,12 +20,14 @@ from typing import Protocol
 import aiohttp
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict
 from yarl import URL
 
 from ..context import Context, UpstreamRequest
 from ..errors import (
     BadGateway,
+    BadRequest,
     GatewayError,
     GatewayTimeout,
     PayloadTooLarge,
@@ -37,6 +39,7 @@ from .client import (
     ConnectError,
     ConnectTimeout,
     Disconnected,
+    InvalidHead,
     ProtocolError,
     UpstreamError,
     UpstreamResponse,
@@ -153,6 +156,9 @@ async def send(
         except Exception as exc:
             target.active -= 1
             error, retryable, blame = _classify(exc, upstream, body, timer.expired())
+            if isinstance(exc, InvalidHead):
+                log.error("upstream request head refused", request_id=ctx.request_id,
+                          upstream=upstream.name, problem=str(exc))
             if blame is None:
                 upstream.abandoned(target, ctx)
             else:
@@ -229,15 +235,19 @@ def _classify(exc: BaseException, upstream: Upstream, body: BodyLimit | None, ex
         if isinstance(exc.__cause__, ssl.SSLError):
             return BadGateway(f"{name} failed the TLS handshake"), False, "TLS handshake failed"
         return BadGateway(f"{name} refused the connection"), True, "connection refused"
-    if isinstance(exc, ValueError):  # a plugin set a header value with a line break
-        return GatewayError("an outgoing header was invalid", status=500), False, None
+    if isinstance(exc, InvalidHead):  # a defect of ours or a plugin's: logged by send
+        return GatewayError("the gateway could not process this request", status=500), \
+            False, None
     if body is not None and body.exceeded:
         return PayloadTooLarge("request body exceeds the gateway's max_body"), False, None
     cause = exc.__cause__
     if isinstance(cause, GatewayError):
         return cause, False, None
     if body is not None and body.reader.exception() is not None:
-        return BadGateway(f"{name} failed: the request body was cut"), False, None
+        # the client's body broke off: the client's doing, not the target's
+        if isinstance(body.reader.exception(), HttpProcessingError):
+            return BadRequest("malformed request body"), False, None
+        return GatewayError("the client closed the connection", status=499), False, None
     reason = _reason(exc)
     retryable = isinstance(exc, Disconnected | ConnectionError)
     return BadGateway(f"{name} failed: {reason}"), retryable, reason
@@ -328,7 +338,10 @@ class ProxiedBody:
             ctx.error = f"upstream failed mid-body: {_reason(exc)}"
             response.close()
             if self.request.transport is not None:
-                self.request.transport.close()
+                self.request.transport.abort()  # never a clean end: PRODUCT.md 4, item 10
+            log.info("upstream body cut short; client connection aborted",
+                     request_id=ctx.request_id, upstream=ctx.upstream, target=ctx.target,
+                     bytes_out=ctx.bytes_out)
             return
         finally:
             response.release()

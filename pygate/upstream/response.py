@@ -55,6 +55,7 @@ class UpstreamResponse:
         "_done",
         "_size",
         "_waiter",
+        "close_delimited",
         "content_length",
         "headers",
         "on_release",
@@ -70,6 +71,8 @@ class UpstreamResponse:
         self.headers = headers
         length = headers.get("Content-Length")
         self.content_length = int(length) if length is not None and length.isdigit() else None
+        # the body ends when the connection does (no Content-Length, not chunked)
+        self.close_delimited = False
         self._chunks: collections.deque[bytes] = collections.deque()
         self._size = 0
         self._done = False

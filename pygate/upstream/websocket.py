@@ -22,6 +22,7 @@ closed with 1001 both ways (:class:`OpenSockets`).
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING
 
@@ -71,6 +72,18 @@ def is_upgrade(request: web.BaseRequest) -> bool:
         return False
     return any(token.strip().lower() == "upgrade"
                for value in headers.getall("Connection", ()) for token in value.split(","))
+
+
+_KEY = re.compile(r"[A-Za-z0-9+/]{22}==")
+
+
+def valid_key(key: str) -> bool:
+    """A ``Sec-WebSocket-Key`` as RFC 6455 section 4.1 has it: 16 bytes in base64.
+
+    Checked before aiohttp's handshake, which lets a key with non-ASCII
+    characters raise instead of refusing it.
+    """
+    return bool(_KEY.fullmatch(key.strip()))
 
 
 def offered_protocols(request: web.BaseRequest) -> list[str]:
@@ -149,7 +162,8 @@ async def connect(
     sockets = open_sockets(gateway)
     if sockets.draining:
         raise ServiceUnavailable("the gateway is shutting down")
-    if not web.WebSocketResponse().can_prepare(request):
+    if not valid_key(request.headers.get("Sec-WebSocket-Key", "")) or \
+            not web.WebSocketResponse().can_prepare(request):
         raise BadRequest("malformed WebSocket handshake")
     session = upstream.session
     assert session is not None, "upstream used before the gateway started"

@@ -8,6 +8,7 @@ material or the token itself.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -77,9 +78,16 @@ class TokenCache:
         return 0 if self._entries is None else len(self._entries)
 
 
+_TOKEN = re.compile(r"[A-Za-z0-9_=.-]+")
+
+
 def unverified_header(token: str) -> dict[str, Any]:
-    """The token's JOSE header, read before any check (to pick the algorithm and key)."""
-    if token.count(".") != 2:
+    """The token's JOSE header, read before any check (to pick the algorithm and key).
+
+    A token is base64url segments and dots: one with any other byte (a client
+    may send anything in a header) is malformed, before pyjwt sees it.
+    """
+    if token.count(".") != 2 or not _TOKEN.fullmatch(token):
         raise InvalidToken("the token is malformed")
     try:
         header = jwt.get_unverified_header(token)

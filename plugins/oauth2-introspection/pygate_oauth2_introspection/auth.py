@@ -55,6 +55,9 @@ async def authenticate(request: web.BaseRequest, config: IntrospectionConfig,
         if config.optional:
             return None
         raise missing_token()
+    if not token.isascii() or not token.isprintable():
+        # no token has such bytes (RFC 6750 b64token): refused without asking the IdP
+        raise invalid_token("the token is malformed")
     introspector = config.introspector
     if introspector is None:
         log.error("introspection not started", plugin=PLUGIN, request_id=request_id)

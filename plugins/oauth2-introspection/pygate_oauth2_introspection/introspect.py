@@ -143,7 +143,7 @@ def basic_authorization(client_id: str, client_secret: str) -> str:
 
 
 def digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 class Introspector:
