@@ -219,9 +219,8 @@ def explain(config_path: str | None, headers: tuple[str, ...], method: str, url:
         for line in describe_aggregate(plan.aggregate, match.params, query, request_headers):
             click.echo(line)
     elif plan.graphql is not None and cfg.graphql is not None:
-        click.echo(f"graphql: schema {cfg.graphql.schema_}, max_depth "
-                   f"{plan.graphql.max_depth}, introspection "
-                   f"{'on' if plan.graphql.introspection else 'off'}")
+        click.echo(f"graphql: schema {cfg.graphql.schema_}, {plan.graphql.bounds.describe()}, "
+                   f"introspection {'on' if plan.graphql.introspection else 'off'}")
         click.echo("resolvers (a field's call is made only when a query selects it):")
         for line in plan.graphql.describe() or ["(none: every field is read from its parent)"]:
             click.echo(f"  {line}")

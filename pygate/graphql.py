@@ -8,13 +8,15 @@ query and headers are templates whose placeholders are ``{parent.FIELD}``
 ``{identity.FIELD}``, ``{query.NAME}``, ``{header.NAME}`` and the route's path
 parameters. The resolver is attached to the schema's field.
 
-Per request (:func:`serve`): the query is parsed, validated (plus
-``max_depth``, and no introspection when it is off) and refused before any
-upstream call when it is not valid; then graphql-core executes it. Only
-fields the query selects are resolved; sibling fields and list items resolve
-concurrently; identical upstream calls within one request are made once. A
-resolver whose call fails gives ``null`` and an entry in ``errors`` with its
-``path`` (GraphQL semantics), not an HTTP error.
+Per request (:func:`serve`): the query is parsed, validated (and no
+introspection when it is off), held to the route's ``max_depth``,
+``max_aliases`` and ``max_cost`` (:mod:`pygate.graphql_bounds`), and refused
+before any upstream call when it is not valid or exceeds one; then graphql-core
+executes it. Only fields the query selects are resolved; sibling fields and
+list items resolve concurrently; identical upstream calls within one request
+are made once, and at most ``max_calls`` distinct calls are made. A resolver
+whose call fails, or is not made past ``max_calls``, gives ``null`` and an
+entry in ``errors`` with its ``path`` (GraphQL semantics), not an HTTP error.
 """
 
 from __future__ import annotations
@@ -31,18 +33,12 @@ from graphql import (
     ASTValidationRule,
     DocumentNode,
     ExecutionResult,
-    FieldNode,
-    FragmentDefinitionNode,
-    FragmentSpreadNode,
     GraphQLError,
     GraphQLObjectType,
     GraphQLResolveInfo,
     GraphQLSchema,
-    InlineFragmentNode,
     NoSchemaIntrospectionCustomRule,
-    OperationDefinitionNode,
     OperationType,
-    SelectionSetNode,
     build_schema,
     execute,
     get_operation_ast,
@@ -55,10 +51,11 @@ from multidict import CIMultiDict
 
 from .aggregate.placeholders import Missing, Placeholder, Scope
 from .aggregate.plan import SOURCES, CallCompiler, CallPlan
-from .aggregate.run import CallFailed, Transform, make_call, render_call
+from .aggregate.run import CallFailed, Transform, json_bytes, make_call, render_call
 from .config import CallConfig, ConfigIssue, GraphQLConfig, key_path, suggest
 from .context import Context
 from .errors import GatewayError, MethodNotAllowed, PayloadTooLarge
+from .graphql_bounds import Bounds, FieldCosts, field_costs, refusal
 from .router import Route
 from .upstream import Upstream
 
@@ -70,20 +67,25 @@ JSON_TYPE = "application/json"
 
 @dataclass(eq=False)
 class GraphQLPlan:
-    """A GraphQL route's schema (resolvers attached) and its limits."""
+    """A GraphQL route's schema (resolvers attached) and its bounds."""
 
     route: str
     schema: GraphQLSchema
-    max_depth: int
+    bounds: Bounds
     introspection: bool
     resolvers: dict[str, CallPlan] = field(default_factory=dict)  # "Type.field" -> call
     rules: tuple[type[ASTValidationRule], ...] = ()  # validation, decided at load
+    costs: FieldCosts = field(default_factory=dict)  # what max_cost counts, per field
 
     def __post_init__(self) -> None:
         rules = list(specified_rules)
         if not self.introspection:
             rules.append(NoSchemaIntrospectionCustomRule)
         self.rules = tuple(rules)
+
+    @property
+    def max_depth(self) -> int:
+        return self.bounds.max_depth
 
     def describe(self) -> list[str]:
         """``Query.me -> users GET /users/{identity.id}`` lines for ``pygate explain``."""
@@ -139,7 +141,10 @@ def compile_graphql(route: Route, config: GraphQLConfig, schema_path: str,
         return None, [ConfigIssue(f"{where}.schema", f"{schema_path} defines no Query type")]
     keys = {f"resolver{n}": key for n, key in enumerate(config.resolvers)}
     compiler = _ResolverCompiler(route, keys)
-    plan = GraphQLPlan(route.name, schema, config.max_depth, config.introspection)
+    bounds = Bounds(max_depth=config.max_depth, max_aliases=config.max_aliases,
+                    max_cost=config.max_cost, list_size=config.list_size,
+                    max_calls=config.max_calls)
+    plan = GraphQLPlan(route.name, schema, bounds, config.introspection)
     for index, (name, key) in enumerate(keys.items()):
         resolver = config.resolvers[key]
         kwhere = compiler.call_where(name)
@@ -166,6 +171,7 @@ def compile_graphql(route: Route, config: GraphQLConfig, schema_path: str,
             owner.fields[field_name].resolve = _resolver(key, call)
     if compiler.issues:
         return None, compiler.issues
+    plan.costs = field_costs(schema, plan.resolvers, bounds.list_size)
     return plan, []
 
 
@@ -198,6 +204,7 @@ class GraphQLRequest:
         self.deadline = deadline
         self.max_body = max_body
         self.calls: dict[tuple[Any, ...], asyncio.Task[Any]] = {}
+        self.max_calls: int | None = None  # distinct calls allowed; serve sets the route's
 
     async def call(self, key: str, call: CallPlan, parent: Any, args: dict[str, Any]) -> Any:
         scope = Scope(self.params, self.raw_query, self.request.headers, self.ctx.identity)
@@ -209,6 +216,10 @@ class GraphQLRequest:
         same = (upstream_request.upstream, upstream_request.method, upstream_request.path,
                 upstream_request.query, tuple(upstream_request.headers.items()))
         task = self.calls.get(same)
+        if task is None and self.max_calls is not None and len(self.calls) >= self.max_calls:
+            raise GraphQLError(f"call {key!r} was not made: this request has made "
+                               f"{len(self.calls)} upstream calls, the most this route allows "
+                               "(max_calls)")
         if task is None:  # the first to ask makes the call; the others share its result
             task = asyncio.get_running_loop().create_task(make_call(
                 call, upstream_request, self.ctx, transform=self.transform,
@@ -284,41 +295,10 @@ def _checked(query: Any, variables: Any, operation: Any
     return query, variables, operation
 
 
-def depth(selection_set: SelectionSetNode | None,
-          fragments: Mapping[str, FragmentDefinitionNode], seen: frozenset[str] = frozenset()
-          ) -> int:
-    """Nested selection levels: ``{ me { name } }`` has depth 2 (fragments expanded).
-
-    An introspection field (``__schema``, ``__type``) counts as one level: what
-    is nested under it follows the schema's own shape (a client's standard
-    introspection query is 13 levels deep), and ``introspection`` governs it.
-    """
-    if selection_set is None:
-        return 0
-    deepest = 0
-    for selection in selection_set.selections:
-        if isinstance(selection, FieldNode):
-            if selection.name.value.startswith("__"):
-                level = 1  # __schema/__type: their nesting is the schema's, not the data's
-            else:
-                level = 1 + depth(selection.selection_set, fragments, seen)
-        elif isinstance(selection, InlineFragmentNode):
-            level = depth(selection.selection_set, fragments, seen)
-        elif isinstance(selection, FragmentSpreadNode):
-            name = selection.name.value
-            fragment = fragments.get(name)
-            level = (depth(fragment.selection_set, fragments, seen | {name})
-                     if fragment is not None and name not in seen else 0)
-        else:
-            level = 0
-        deepest = max(deepest, level)
-    return deepest
-
-
 def prepare(plan: GraphQLPlan, query: str, variables: dict[str, Any] | None,
             operation_name: str | None, method: str
             ) -> tuple[DocumentNode, dict[str, Any]]:
-    """Parse, validate and check limits; raise :class:`BadGraphQLRequest` before any call."""
+    """Parse, validate and check bounds; raise :class:`BadGraphQLRequest` before any call."""
     try:
         document = parse(query)
     except GraphQLError as exc:
@@ -326,14 +306,9 @@ def prepare(plan: GraphQLPlan, query: str, variables: dict[str, Any] | None,
     errors = validate(plan.schema, document, plan.rules)
     if errors:
         raise BadGraphQLRequest(f"invalid query: {errors[0].message}", errors)
-    fragments = {d.name.value: d for d in document.definitions
-                 if isinstance(d, FragmentDefinitionNode)}
-    for definition in document.definitions:
-        if isinstance(definition, OperationDefinitionNode):
-            found = depth(definition.selection_set, fragments)
-            if found > plan.max_depth:
-                raise BadGraphQLRequest(f"the query is {found} levels deep; this route allows "
-                                        f"{plan.max_depth}")
+    refused = refusal(document, plan.schema, plan.costs, plan.bounds)  # after validation:
+    if refused is not None:  # no fragment cycles, every field known
+        raise BadGraphQLRequest(refused)
     operation = get_operation_ast(document, operation_name)
     if operation is None:
         raise BadGraphQLRequest(f"no operation named {operation_name!r}" if operation_name
@@ -352,6 +327,7 @@ async def serve(plan: GraphQLPlan, request: web.BaseRequest, ctx: Context,
     """Answer one GraphQL request: ``{"data": ..., "errors": [...]}`` with status 200."""
     query, variables, operation_name = await read_params(request, state.max_body)
     document, variables = prepare(plan, query, variables, operation_name, request.method)
+    state.max_calls = plan.bounds.max_calls
     try:
         outcome = execute(plan.schema, document, context_value=state,
                           variable_values=variables, operation_name=operation_name)
@@ -359,5 +335,4 @@ async def serve(plan: GraphQLPlan, request: web.BaseRequest, ctx: Context,
     finally:
         state.cancel()  # nothing is still needed once the result is complete
         ctx.target = None
-    body = json.dumps(result.formatted, separators=(",", ":"), ensure_ascii=False)
-    return web.Response(body=body.encode(), content_type=JSON_TYPE)
+    return web.Response(body=json_bytes(result.formatted), content_type=JSON_TYPE)

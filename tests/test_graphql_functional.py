@@ -357,7 +357,8 @@ query = { userId = "{parent.id}" }
     assert done.exit_code == 0, done.output
     tail = done.output.split("plugin chain, in order:\n  (none)\n", 1)[1]
     assert tail.splitlines() == [
-        "graphql: schema schema.graphql, max_depth 5, introspection off",
+        "graphql: schema schema.graphql, max_depth 5, max_aliases 15, max_cost 1000 "
+        "(list_size 10), max_calls 200, introspection off",
         "resolvers (a field's call is made only when a query selects it):",
         "  Query.me -> users GET /users/{identity.id}",
         "  User.orders -> http://127.0.0.1:3002 GET /orders",
