@@ -1,25 +1,30 @@
 """pygate: an API gateway in Python, extended through pluggy hooks.
 
-The public surface for plugin authors: ``hookimpl``, ``Context``, ``Identity``,
-``UpstreamRequest`` and the error types.
+Plugins import from :mod:`pygate.plugin`, the one module of the plugin API
+(versioned by ``pygate.plugin.API_VERSION``). The names below are re-exported
+from it so that plugins written as ``from pygate import hookimpl, Context``
+keep working.
 """
 
-from .context import Context, Identity, RouteInfo, UpstreamRequest
-from .errors import (
+from .plugin import (
     BadGateway,
     BadRequest,
+    Context,
     Forbidden,
     GatewayError,
     GatewayTimeout,
+    Identity,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    RouteInfo,
     ServiceUnavailable,
     TooManyRequests,
     Unauthorized,
+    UpstreamRequest,
+    hookimpl,
     problem_response,
 )
-from .hookspecs import hookimpl
 
 __version__ = "0.1.0"
 

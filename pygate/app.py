@@ -12,35 +12,30 @@ from __future__ import annotations
 import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp
 import structlog
 
-from .aggregate import AggregatePlan, compile_plan
+from .chain import EMPTY_CHAIN, Chain
 from .config import Config, ConfigError, UpstreamConfig, is_url
-from .plugins import EMPTY_CHAIN, Chain, ChainBuilder, PluginSet, enabled_plugins, load_plugins
+from .kinds import Build, Handler, kind_of
+from .plugins import ChainBuilder, PluginSet, enabled_plugins, load_plugins
 from .plugins import route_settings as merge_route_settings
 from .router import Route, Router
 from .sanitize import ForwardedRule
 from .upstream import Upstream
-
-if TYPE_CHECKING:  # graphql-core is imported only when a GraphQL route exists
-    from .graphql import GraphQLPlan
 
 log = structlog.get_logger("pygate")
 
 
 @dataclass
 class RoutePlan:
-    """What the gateway attaches to a compiled route: its chain and its upstream
-    (or, for an aggregate route, its compiled plan)."""
+    """What the gateway attaches to a compiled route: its chain, and its kind's handler."""
 
     chain: Chain
-    upstream: Upstream | None
-    preserve_host: bool = False
-    aggregate: AggregatePlan | None = None
-    graphql: GraphQLPlan | None = None
+    kind: str  # the route's key: "upstream", "aggregate", "graphql" (pygate.kinds.KINDS)
+    handler: Handler
 
 
 class Gateway:
@@ -58,44 +53,86 @@ class Gateway:
         self.drop_underscores = config.gateway.underscore_headers == "drop"
         self.reject_underscores = config.gateway.underscore_headers == "reject"
         self.timeout = config.gateway.timeout
+        # The core's own objects (open WebSockets...); plugins keep theirs in
+        # ``facade.state(NAME)``.
         self.state: dict[str, Any] = {}
         self.client: aiohttp.ClientSession | None = None
         # Called when a drain starts (SIGTERM): long-lived exchanges close politely.
         self.on_drain: list[Callable[[], Awaitable[None]]] = []
         self._started: list[str] = []
+        from .plugin import Gateway as PluginGateway  # the plugins' module, which types us
+
+        # This gateway as plugins see it: handed to startup/shutdown, and set on every
+        # request as ``ctx.gateway`` (pygate.plugin is the whole plugin API).
+        self.facade = PluginGateway(self, plugins.info)
 
     async def start(self) -> None:
         """Open upstream pools and the shared client, then run plugin ``startup`` hooks."""
-        self.client = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        # The one aiohttp session of this gateway: plugins' HTTP calls and WebSocket
+        # handshakes (upstream HTTP goes through pygate.upstream.client). No cookie jar:
+        # a cookie one upstream sets must never ride on another caller's request.
+        self.client = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30),
+                                            cookie_jar=aiohttp.DummyCookieJar())
         for upstream in self.upstreams.values():
             await upstream.start()
         for name in self.plugins.info:
             impl = self.plugins.impl(name, "startup")
             if impl is not None:
                 config = self.global_chain.configs.get(name)
-                result = impl.function(**_pick(impl.argnames, app=self, config=config))
+                result = impl.function(**self._lifecycle_args(name, "startup", impl,
+                                                              config=config))
                 if inspect.isawaitable(result):
                     await result
             self._started.append(name)
 
     async def stop(self) -> None:
-        """Run plugin ``shutdown`` hooks in reverse order, then close pools."""
+        """Run plugin ``shutdown`` hooks in reverse order, each followed by the release
+        of what the plugin took with ``gateway.shared`` and the emptying of its
+        ``gateway.state``; then close pools."""
         for name in reversed(self._started):
             impl = self.plugins.impl(name, "shutdown")
-            if impl is None:
-                continue
-            try:
-                result = impl.function(**_pick(impl.argnames, app=self))
-                if inspect.isawaitable(result):
-                    await result
-            except Exception:
-                log.exception("plugin shutdown failed", plugin=name)
+            if impl is not None:
+                try:
+                    result = impl.function(**self._lifecycle_args(name, "shutdown", impl))
+                    if inspect.isawaitable(result):
+                        await result
+                except Exception:
+                    log.exception("plugin shutdown failed", plugin=name)
+            await self.facade._retire(name)
         self._started.clear()
+        await self.facade._retire()  # and what a plugin whose startup failed had taken
         for upstream in self.upstreams.values():
             await upstream.close()
         if self.client is not None:
             await self.client.close()
             self.client = None
+
+    def _lifecycle_args(self, plugin: str, hook: str, impl: Any,
+                        **extra: Any) -> dict[str, Any]:
+        """The keyword arguments ``impl`` names: ``gateway`` (the facade), and ``app``
+        (this object, deprecated since plugin API 1.0) for plugins that still name it."""
+        if "app" in impl.argnames:
+            self._warn_app_argument(plugin, hook, impl.function)
+        return _pick(impl.argnames, gateway=self.facade, app=self, **extra)
+
+    @staticmethod
+    def _warn_app_argument(plugin: str, hook: str, function: Any) -> None:
+        """A DeprecationWarning pointing at the plugin's hook, and a log line for operators
+        (Python hides DeprecationWarnings outside ``__main__`` and tests)."""
+        import warnings
+
+        message = (f"plugin {plugin!r}: the 'app' argument of {hook}() is deprecated since "
+                   f"pygate plugin API 1.0 and goes in 2.0; name it 'gateway' (a "
+                   f"pygate.plugin.Gateway: configs(), client, state(), shared())")
+        code = getattr(function, "__code__", None)
+        if code is None:
+            warnings.warn(message, DeprecationWarning, stacklevel=4)
+        else:
+            warnings.warn_explicit(message, DeprecationWarning, code.co_filename,
+                                   code.co_firstlineno,
+                                   module=getattr(function, "__module__", None))
+        log.warning("deprecated plugin API", plugin=plugin, hook=hook, argument="app",
+                    use="gateway")
 
     def plan(self, route: Route) -> RoutePlan:
         plan: RoutePlan = route.payload
@@ -140,6 +177,7 @@ def build_gateway(config: Config, extra_plugins: Mapping[str, Any] | None = None
     ) if config.plugins else EMPTY_CHAIN
 
     upstreams = {name: Upstream(name, up) for name, up in config.upstreams.items()}
+    build = Build(config, lambda ref: _upstream_for(upstreams, ref))
     router = Router(config.routes, ignore_case=config.gateway.path_case == "insensitive")
     for route in router.routes:
         settings = merge_route_settings(config, route.config.plugins)
@@ -149,32 +187,13 @@ def build_gateway(config: Config, extra_plugins: Mapping[str, Any] | None = None
             for name in settings
         }
         chain = builder.build(settings, where) if settings else EMPTY_CHAIN
-        upstream = None
-        ref = route.config.upstream
-        if ref is not None:
-            if is_url(ref):
-                if ref not in upstreams:
-                    single = UpstreamConfig.model_validate({"targets": [ref]})
-                    upstreams[ref] = Upstream(ref, single)
-                upstream = upstreams[ref]
-            else:
-                upstream = upstreams[ref]
-        aggregate = None
-        if route.config.aggregate is not None:
-            aggregate, found = compile_plan(route, lambda ref: _upstream_for(upstreams, ref))
-            issues.extend(found)
-        graphql = None
-        if route.config.graphql is not None:
-            from .graphql import compile_graphql  # graphql-core: ~15 MB, loaded when needed
-
-            graphql, found = compile_graphql(
-                route, route.config.graphql,
-                str(config.resolve_path(route.config.graphql.schema_)),
-                lambda ref: _upstream_for(upstreams, ref))
-            issues.extend(found)
-        route.payload = RoutePlan(chain=chain, upstream=upstream,
-                                  preserve_host=route.config.preserve_host, aggregate=aggregate,
-                                  graphql=graphql)
+        found = kind_of(route.config)
+        assert found is not None, "configuration checks let a route without one kind through"
+        kind, spec = found
+        handler, kind_issues = kind.compile(route, spec, build)
+        issues.extend(kind_issues)
+        if handler is not None:
+            route.payload = RoutePlan(chain=chain, kind=kind.key, handler=handler)
     issues.extend(_dedupe(builder.issues))
     if issues:
         raise ConfigError(config.source, issues)

@@ -19,10 +19,10 @@ import click
 from multidict import CIMultiDict
 
 from . import __version__
-from .aggregate import describe as describe_aggregate
 from .app import Gateway, RoutePlan, build_gateway
 from .config import ConfigError, default_path, load, parse_listen, split_listen
 from .errors import GatewayError
+from .kinds import Routed, kind_of
 from .plugins import config_for_display, describe_installed
 from .sanitize import host_of, normalize_path
 
@@ -135,8 +135,8 @@ def routes(config_path: str | None) -> None:
     for order, route in enumerate(gateway.router.routes):
         cfg = route.config
         plan: RoutePlan = route.payload
-        target = (cfg.upstream if cfg.upstream else
-                  "aggregate: " + ",".join(cfg.aggregate.calls) if cfg.aggregate else "graphql")
+        found = kind_of(cfg)
+        target = found[0].target(found[1]) if found is not None else "-"
         rows.append((
             str(order), cfg.name, ",".join(cfg.methods) if cfg.methods else "*", cfg.path,
             ",".join(cfg.hosts) if cfg.hosts else "*",
@@ -197,7 +197,6 @@ def explain(config_path: str | None, headers: tuple[str, ...], method: str, url:
             click.echo("result: 404 Not Found (no route matches)")
         return
     plan: RoutePlan = route.payload
-    cfg = route.config
     click.echo(f"result: route {route.name!r} (routes[{route.index}])")
     if match.params:
         click.echo("path params: " + json.dumps(match.params))
@@ -209,18 +208,6 @@ def explain(config_path: str | None, headers: tuple[str, ...], method: str, url:
         shown: Any = config_for_display(plan.chain.configs[name])
         click.echo(f"  {position}. {name} (priority {info.priority}): "
                    f"{json.dumps(shown, default=str, sort_keys=True)}")
-    if plan.upstream is not None:
-        upstream = plan.upstream
-        sent = route.upstream_path(path, encoded, match.params) + (f"?{query}" if query else "")
-        targets = ", ".join(t.label for t in upstream.targets)
-        click.echo(f"upstream: {upstream.name} ({upstream.config.balancer}: {targets})")
-        click.echo(f"forwarded as: {method} {sent}")
-    elif plan.aggregate is not None:
-        for line in describe_aggregate(plan.aggregate, match.params, query, request_headers):
-            click.echo(line)
-    elif plan.graphql is not None and cfg.graphql is not None:
-        click.echo(f"graphql: schema {cfg.graphql.schema_}, {plan.graphql.bounds.describe()}, "
-                   f"introspection {'on' if plan.graphql.introspection else 'off'}")
-        click.echo("resolvers (a field's call is made only when a query selects it):")
-        for line in plan.graphql.describe() or ["(none: every field is read from its parent)"]:
-            click.echo(f"  {line}")
+    routed = Routed(path, encoded, query, "", False)
+    for line in plan.handler.explain(route, method, match.params, routed, request_headers):
+        click.echo(line)

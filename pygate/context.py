@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from multidict import CIMultiDict
+
+if TYPE_CHECKING:
+    from .plugin import Gateway
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,9 +52,13 @@ class Context:
 
     ``config`` is set by the chain runner to the effective config of the plugin
     being called, so a hook always reads its own settings from ``ctx.config``.
-    ``state`` is a free dict for plugins to pass data between their own hooks.
-    ``app`` is the running :class:`pygate.app.Gateway`: ``ctx.app.state`` holds
-    plugin-owned objects, ``ctx.app.client`` is the shared HTTP client session.
+    ``state`` is a free dict for plugins to pass data between their own hooks
+    during one request. ``gateway`` is the request's gateway as plugins see it
+    (:class:`pygate.plugin.Gateway`): ``ctx.gateway.state(NAME)`` holds what a
+    plugin keeps for the gateway's lifetime, ``ctx.gateway.client`` is the HTTP
+    client session for plugins. It stays the gateway the request started on,
+    even when a reload swaps in another. ``app`` is the core's own gateway
+    object, not part of the plugin API.
     A plugin that needs the response body (a cache) sets ``capture_body`` to a
     byte limit in ``admit``; proxied responses up to that size then reach
     ``post_response`` whole, as a ``web.Response`` whose ``body`` is bytes.
@@ -65,6 +72,7 @@ class Context:
         "client_ip",
         "config",
         "error",
+        "gateway",
         "identity",
         "method",
         "path",
@@ -101,8 +109,10 @@ class Context:
         self.bytes_in = 0
         self.bytes_out = 0
         self.error: str | None = None
-        # The running Gateway (``ctx.app.state``, ``ctx.app.client``) for plugins.
+        # The core's gateway (pygate.app.Gateway), and the plugins' view of it: both
+        # set by the pipeline before the first hook runs.
         self.app: Any = None
+        self.gateway: Gateway = None  # type: ignore[assignment]
         # Set by a plugin (before the upstream call) to receive bodies up to this many
         # bytes whole in post_response, as a ``web.Response`` with ``.body`` (cache).
         self.capture_body = 0

@@ -49,6 +49,11 @@ class BadRequest(GatewayError):
     status = 400
 
 
+class BadFraming(BadRequest):
+    """A request whose body framing is in doubt (a smuggling shape): 400, and nothing
+    more is read from its connection."""
+
+
 class Unauthorized(GatewayError):
     status = 401
 
@@ -148,3 +153,18 @@ def from_error(
         headers=error.headers,
         extra=error.extra,
     )
+
+
+def problem_message(status: int, detail: str, *, request_id: str) -> bytes:
+    """A whole HTTP/1.1 response (head and body) holding a problem document, for the
+    protocol to write itself when no request object exists (a request head that came
+    too late). The connection closes after it."""
+    body = problem_body(status, detail, request_id=request_id)
+    try:
+        reason = HTTPStatus(status).phrase
+    except ValueError:
+        reason = "Error"
+    head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: {PROBLEM_CONTENT_TYPE}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\nServer: pygate\r\n"
+            f"X-Request-ID: {request_id}\r\n\r\n")
+    return head.encode("latin-1") + body

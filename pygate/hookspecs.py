@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
     from .context import Context, Identity, UpstreamRequest
+    from .plugin import Gateway
 
 hookspec = pluggy.HookspecMarker("pygate")
 hookimpl = pluggy.HookimplMarker("pygate")
@@ -166,22 +167,40 @@ def config_schema() -> type[BaseModel] | None:
 
 
 @hookspec
-def startup(app: Any, config: Any) -> None:
-    """Called once before the gateway accepts connections.
+def startup(gateway: Gateway, config: Any, app: Any) -> None:
+    """Called once before the gateway accepts connections, in plugin load order.
 
-    :param app: the :class:`pygate.app.Gateway` (``app.state`` is a dict for the
-        plugin's pools; ``app.client`` is the gateway's HTTP client session).
-    :param config: the plugin's global effective config.
-    :return: nothing. Open pools and start background tasks here.
+    :param gateway: the running gateway as plugins see it
+        (:class:`pygate.plugin.Gateway`): ``gateway.configs(NAME)`` lists every
+        effective config of the plugin, ``gateway.client`` is the HTTP client
+        session for plugins, ``gateway.state(NAME)`` is the plugin's own dict for
+        what it keeps until ``shutdown``, ``gateway.shared(NAME, factory)`` the
+        object it shares with the other gateways of the event loop (reloads).
+    :param config: the plugin's global effective config, or ``None`` when only
+        routes enable the plugin.
+    :param app: deprecated since plugin API 1.0, kept until 2.0: the core's
+        gateway object, passed (with a ``DeprecationWarning``) to implementations
+        written before :mod:`pygate.plugin` that name this argument. Name it
+        ``gateway`` instead.
+    :return: nothing. Open pools and start background tasks here; an exception
+        stops the gateway from starting.
+
+    .. versionchanged:: 1.0 ``gateway`` added; ``app`` deprecated.
     """
 
 
 @hookspec
-def shutdown(app: Any) -> None:
+def shutdown(gateway: Gateway, app: Any) -> None:
     """Called once after the gateway stopped serving, in reverse startup order.
 
-    :param app: the :class:`pygate.app.Gateway`.
-    :return: nothing. Close what ``startup`` opened.
+    :param gateway: the :class:`pygate.plugin.Gateway` that ``startup`` got.
+    :param app: deprecated since plugin API 1.0, as for :func:`startup`.
+    :return: nothing. Close what ``startup`` opened and empty the plugin's
+        ``gateway.state(NAME)``; what ``gateway.shared`` gave is released by the
+        core afterwards. An exception is logged, and the other plugins still
+        shut down.
+
+    .. versionchanged:: 1.0 ``gateway`` added; ``app`` deprecated.
     """
 
 
@@ -204,8 +223,15 @@ HOOK_ARGS: dict[str, tuple[str, ...]] = {
     "post_response": ("request", "ctx", "response"),
     "log": ("ctx", "record"),
     "config_schema": (),
-    "startup": ("app", "config"),
+    "startup": ("gateway", "config", "app"),
+    "shutdown": ("gateway", "app"),
+}
+DEPRECATED_ARGS: dict[str, tuple[str, ...]] = {
+    "startup": ("app",),
     "shutdown": ("app",),
 }
+"""Arguments still passed to implementations that name them, with a
+``DeprecationWarning``; the docs show each hook's signature without them."""
 
-__all__ = ["HOOK_ARGS", "LIFECYCLE_HOOKS", "REQUEST_HOOKS", "hookimpl", "hookspec"]
+__all__ = ["DEPRECATED_ARGS", "HOOK_ARGS", "LIFECYCLE_HOOKS", "REQUEST_HOOKS", "hookimpl",
+           "hookspec"]

@@ -13,9 +13,8 @@ from __future__ import annotations
 import inspect
 import json
 import os
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from functools import cached_property
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
@@ -23,48 +22,10 @@ import pluggy
 from pydantic import BaseModel, ValidationError
 
 from . import hookspecs
+from .chain import Chain, Step
 from .config import Config, ConfigIssue, suggest, validation_issues
 
 ENTRY_POINT_GROUP = "pygate"
-
-
-@dataclass(frozen=True, slots=True)
-class Step:
-    """One hook implementation of one plugin, bound to its config for one route."""
-
-    plugin: str
-    func: Callable[..., Any]
-    is_async: bool
-    args: tuple[int, ...] | None  # indexes into the hook's arguments; None = all of them
-    config: Any
-
-
-@dataclass(frozen=True)
-class Chain:
-    """A route's hook implementations, in the order the pipeline calls them."""
-
-    plugins: tuple[str, ...] = ()
-    configs: Mapping[str, Any] = field(default_factory=dict)
-    pre_route: tuple[Step, ...] = ()
-    authenticate: tuple[Step, ...] = ()
-    admit: tuple[Step, ...] = ()
-    transform_request: tuple[Step, ...] = ()
-    aggregate: tuple[Step, ...] = ()
-    post_response: tuple[Step, ...] = ()  # reverse priority order
-    log: tuple[Step, ...] = ()
-
-    @cached_property
-    def log_is_sync(self) -> bool:
-        """Every log hook is a plain function (run in a loop callback, no task)."""
-        return not any(step.is_async for step in self.log)
-
-    @cached_property
-    def transform_is_async(self) -> bool:
-        """Some ``transform_request`` hook is a coroutine: concurrent calls need own contexts."""
-        return any(step.is_async for step in self.transform_request)
-
-
-EMPTY_CHAIN = Chain()
 
 
 @dataclass
@@ -114,10 +75,10 @@ class PluginSet:
         self.pm.register(obj, name=name)
         hooks = sorted(
             hook for hook in (*hookspecs.REQUEST_HOOKS, *hookspecs.LIFECYCLE_HOOKS)
-            if self._impl(name, hook) is not None
+            if self.impl(name, hook) is not None
         )
         schema: type[BaseModel] | None = None
-        impl = self._impl(name, "config_schema")
+        impl = self.impl(name, "config_schema")
         if impl is not None:
             schema = impl.function()  # type: ignore[assignment]
         info = PluginInfo(
@@ -132,15 +93,13 @@ class PluginSet:
         self.info[name] = info
         return info
 
-    def _impl(self, plugin: str, hook: str) -> pluggy.HookImpl | None:
+    def impl(self, plugin: str, hook: str) -> pluggy.HookImpl | None:
+        """The plugin's implementation of ``hook``, if it has one."""
         caller = getattr(self.pm.hook, hook)
         for impl in caller.get_hookimpls():
             if impl.plugin_name == plugin:
                 return impl
         return None
-
-    def impl(self, plugin: str, hook: str) -> pluggy.HookImpl | None:
-        return self._impl(plugin, hook)
 
     def check(self) -> None:
         """Fail loudly when a plugin implements a hook name that does not exist."""
@@ -300,17 +259,10 @@ class ChainBuilder:
                     args=args,
                     config=configs[name],
                 ))
-        return Chain(
-            plugins=tuple(ordered),
-            configs=configs,
-            pre_route=tuple(steps["pre_route"]),
-            authenticate=tuple(steps["authenticate"]),
-            admit=tuple(steps["admit"]),
-            transform_request=tuple(steps["transform_request"]),
-            aggregate=tuple(steps["aggregate"]),
-            post_response=tuple(reversed(steps["post_response"])),
-            log=tuple(steps["log"]),
-        )
+        # post_response runs in reverse priority order (Envoy's encoder side)
+        phases = {hook: tuple(reversed(found) if hook == "post_response" else found)
+                  for hook, found in steps.items()}
+        return Chain(plugins=tuple(ordered), configs=configs, **phases)
 
 
 def config_for_display(value: Any) -> Any:

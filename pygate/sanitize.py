@@ -17,7 +17,7 @@ from urllib.parse import quote, unquote_to_bytes
 
 from multidict import CIMultiDict, CIMultiDictProxy, istr
 
-from .errors import BadRequest
+from .errors import BadFraming, BadRequest
 
 PATH_SAFE = "/!$&'()*+,;=:@~"
 _PCT = re.compile(r"%(?![0-9A-Fa-f]{2})")
@@ -109,24 +109,24 @@ def _decode_segment(segment: str) -> str:
 def check_framing(headers: CIMultiDictProxy[str]) -> None:
     """Refuse request smuggling shapes the parser may have let through.
 
-    :raise BadRequest: both Content-Length and Transfer-Encoding, several
+    :raise BadFraming: both Content-Length and Transfer-Encoding, several
         Content-Length values, a Transfer-Encoding other than ``chunked``, or a
         header value that still holds a line break (obs-fold).
     """
     for value in headers.values():
         if "\r" in value or "\n" in value:
-            raise BadRequest("line break in a header value (obs-fold)")
+            raise BadFraming("line break in a header value (obs-fold)")
     lengths = headers.getall("Content-Length", ())
     if lengths:
         if "Transfer-Encoding" in headers:
-            raise BadRequest("both Content-Length and Transfer-Encoding")
+            raise BadFraming("both Content-Length and Transfer-Encoding")
         if len(lengths) > 1:
-            raise BadRequest("duplicate Content-Length")
+            raise BadFraming("duplicate Content-Length")
         if not (lengths[0].isascii() and lengths[0].isdigit()):
-            raise BadRequest("invalid Content-Length")
+            raise BadFraming("invalid Content-Length")
     codings = headers.getall("Transfer-Encoding", ())
     if codings and (len(codings) > 1 or codings[0].strip().lower() != "chunked"):
-        raise BadRequest("unsupported Transfer-Encoding")
+        raise BadFraming("unsupported Transfer-Encoding")
 
 
 # Headers a request may carry once (PRODUCT.md section 4, item 7): with two, the
@@ -239,6 +239,25 @@ def strip_hop_by_hop(headers: CIMultiDict[str], *, keep_upgrade: bool = False) -
     proxy = [name for name in headers if name[:6].lower() == "proxy-"]
     for name in proxy:
         headers.popall(name, None)
+
+
+def forwarded_headers(headers: CIMultiDict[str], client: Mapping[str, str], secure: bool,
+                      forwarded_for: str, trusted: bool) -> None:
+    """Set ``X-Forwarded-For``/``-Proto``/``-Host`` on an outgoing request's ``headers``.
+
+    The one place of the trust rule for all three (proxied requests, aggregate
+    and GraphQL calls): ``forwarded_for`` comes from :meth:`ForwardedRule.resolve`;
+    the client's ``X-Forwarded-Proto`` and ``-Host`` are kept only when the peer
+    is ``trusted``, else they are the connection's scheme and the ``Host`` header.
+    """
+    headers["X-Forwarded-For"] = forwarded_for
+    proto = client.get("X-Forwarded-Proto") if trusted else None
+    headers["X-Forwarded-Proto"] = proto or ("https" if secure else "http")
+    host = (client.get("X-Forwarded-Host") if trusted else None) or client.get("Host")
+    if host:
+        headers["X-Forwarded-Host"] = host
+    else:
+        headers.popall("X-Forwarded-Host", None)
 
 
 def host_of(headers: Mapping[str, Any]) -> str:

@@ -30,7 +30,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from .app import Gateway
 from .config import ConfigError
-from .errors import PROBLEM_CONTENT_TYPE, problem_body
+from .errors import problem_message, problem_response
 from .listener import AcceptSite, bind
 from .pipeline import InFlight, Pipeline
 from .sanitize import request_id
@@ -108,11 +108,8 @@ class _Protocol(RequestHandler):
         manager = self._manager
         if self._head_bytes:
             rid = request_id(None)
-            body = problem_body(408, "the request head did not arrive in time", request_id=rid)
-            transport.write(
-                b"HTTP/1.1 408 Request Timeout\r\nContent-Type: " + PROBLEM_CONTENT_TYPE.encode()
-                + b"\r\nContent-Length: %d\r\nConnection: close\r\nServer: pygate\r\n"
-                b"X-Request-ID: %s\r\n\r\n" % (len(body), rid.encode()) + body)
+            transport.write(problem_message(408, "the request head did not arrive in time",
+                                            request_id=rid))
             log.info("request head timed out", status=408, request_id=rid,
                      timeout_s=manager.header_timeout if isinstance(manager, GatewayServer)
                      else None)
@@ -146,12 +143,7 @@ class _Protocol(RequestHandler):
             log.debug("malformed request refused", status=status, error=repr(exc))
             detail = "malformed HTTP request" if status == 400 else "request header block too large"
         rid = request_id(None)
-        response = web.Response(
-            status=status,
-            body=problem_body(status, detail, request_id=rid),
-            content_type=PROBLEM_CONTENT_TYPE,
-            headers={"X-Request-ID": rid, "Server": "pygate"},
-        )
+        response = problem_response(status, detail, request_id=rid)
         response.force_close()
         manager = self._manager
         if isinstance(manager, GatewayServer) and manager.on_refused is not None:

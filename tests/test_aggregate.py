@@ -24,7 +24,7 @@ def plan_for(calls: dict[str, Any], path: str = "/agg/{id}", **aggregate: Any
     config = load_data({"routes": [{"name": "agg", "path": path,
                                     "aggregate": {"calls": calls, **aggregate}}]})
     gateway = build_gateway(config)
-    plan = gateway.router.routes[0].payload.aggregate
+    plan = gateway.router.routes[0].payload.handler.plan
     assert plan is not None
     return plan
 
@@ -163,8 +163,8 @@ def test_needs_dependents_and_stages_come_from_placeholders() -> None:
     assert [c.name for c in plan.roots] == ["order", "items"]
     assert by_name["reviews"].needs == ("customer", "items")
     assert [c.name for c in by_name["order"].dependents] == ["customer"]
-    assert plan.stage_lines() == ["stage 1: order, items", "stage 2: customer",
-                                  "stage 3: reviews"]
+    assert [[c.name for c in stage] for stage in plan.stages] == [
+        ["order", "items"], ["customer"], ["reviews"]]
 
 
 def test_cycles_are_configuration_errors_with_the_key_path() -> None:

@@ -11,7 +11,7 @@
 - :mod:`.explain` prints a plan as stages for ``pygate explain``.
 
 The ``aggregate`` hook, which may replace the composed body, runs in
-:meth:`pygate.pipeline.Pipeline.compose`.
+:mod:`pygate.kinds.aggregate`.
 """
 
 from .explain import describe

@@ -99,11 +99,6 @@ class AggregatePlan:
     roots: tuple[CallPlan, ...]  # calls that need no other call: started at once
     stages: tuple[tuple[CallPlan, ...], ...]
 
-    def stage_lines(self) -> list[str]:
-        """``stage 1: order, items`` ... (for ``pygate explain`` and docs)."""
-        return [f"stage {n}: {', '.join(c.name for c in stage)}"
-                for n, stage in enumerate(self.stages, 1)]
-
 
 class CallCompiler:
     """Compiles one route's aggregate table, collecting every problem."""

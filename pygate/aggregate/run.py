@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -22,6 +22,8 @@ from multidict import CIMultiDict
 
 from ..context import Context, UpstreamRequest
 from ..errors import BadGateway, GatewayError, GatewayTimeout
+from ..sanitize import forwarded_headers
+from ..upstream.client import UpstreamResponse
 from ..upstream.forward import send
 from .placeholders import Missing, Scope
 from .plan import AggregatePlan, CallPlan
@@ -85,19 +87,12 @@ def call_headers(request: web.BaseRequest, ctx: Context, forwarded_for: str,
                  trusted: bool) -> CIMultiDict[str]:
     """What every call carries before its own headers and the plugins' ones.
 
-    X-Forwarded-For/-Proto/-Host (by the trust rule the proxy applies), the
+    X-Forwarded-For/-Proto/-Host (the trust rule the proxy applies), the
     request ID, and ``Accept: application/json``. Nothing else of the client's.
     """
-    client = request.headers
     headers: CIMultiDict[str] = CIMultiDict()
     headers["Accept"] = "application/json"
-    headers["X-Forwarded-For"] = forwarded_for
-    proto = client.get("X-Forwarded-Proto") if trusted else None
-    headers["X-Forwarded-Proto"] = proto or ("https" if request.secure else "http")
-    host = client.get("X-Forwarded-Host") if trusted else None
-    host = host or client.get("Host")
-    if host:
-        headers["X-Forwarded-Host"] = host
+    forwarded_headers(headers, request.headers, request.secure, forwarded_for, trusted)
     headers["X-Request-ID"] = ctx.request_id
     return headers
 
@@ -351,33 +346,16 @@ class _TooLarge(Exception):
     pass
 
 
-class _Response(Protocol):
-    """What a call needs of the response :func:`send` returns."""
-
-    status: int
-
-    @property
-    def content_length(self) -> int | None: ...
-
-    async def read(self) -> bytes: ...
-
-    def release(self) -> Any: ...
-
-    def close(self) -> Any: ...
-
-
-async def _read(response: _Response, limit: int) -> bytes:
+async def _read(response: UpstreamResponse, limit: int) -> bytes:
     """The whole body, refusing more than ``limit`` bytes."""
     length = response.content_length
     if length is not None:
         if length > limit:
             raise _TooLarge
         return await response.read()
-    stream = getattr(response, "content", None)  # aiohttp's response, or an iterable one
-    source: Any = stream.iter_any() if stream is not None else response
     chunks = []
     size = 0
-    async for chunk in source:
+    async for chunk in response:
         size += len(chunk)
         if size > limit:
             raise _TooLarge

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 
 from pydantic import ValidationError
 
-from .errors import ConfigIssue, key_path, suggest, validation_issues
+from .errors import ConfigIssue, suggest, validation_issues
 from .models import Config, TargetConfig
 from .values import split_listen
 
@@ -55,6 +55,7 @@ def _rewrite_issues(rewrite: str, params: list[str], where: str) -> list[ConfigI
 def check_routes(config: Config, indices: Iterable[int],
                  upstream_names: list[str]) -> list[ConfigIssue]:
     """:func:`cross_check` with the file's index of each route and every upstream name."""
+    from ..kinds import KINDS
     from ..router import TemplateError, compile_path
 
     issues: list[ConfigIssue] = []
@@ -85,12 +86,13 @@ def check_routes(config: Config, indices: Iterable[int],
                                       f"(also routes[{seen[route.name]}])"))
         else:
             seen[route.name] = index
-        kinds = [k for k in ("upstream", "aggregate", "graphql")
-                 if getattr(route, k) is not None]
-        if len(kinds) != 1:
-            found = ", ".join(kinds) if kinds else "none"
-            issues.append(ConfigIssue(where, "a route needs exactly one of upstream, aggregate "
-                                      f"or graphql (found {found})"))
+        present = [(key, kind, spec) for key, kind in KINDS.items()
+                   if (spec := getattr(route, key)) is not None]
+        if len(present) != 1:
+            found = ", ".join(key for key, _, _ in present) or "none"
+            keys = list(KINDS)
+            issues.append(ConfigIssue(where, "a route needs exactly one of "
+                                      f"{', '.join(keys[:-1])} or {keys[-1]} (found {found})"))
         try:
             compiled = compile_path(route.path)
         except TemplateError as exc:
@@ -98,16 +100,9 @@ def check_routes(config: Config, indices: Iterable[int],
             compiled = None
         if route.rewrite is not None and compiled is not None:
             issues.extend(_rewrite_issues(route.rewrite, compiled.params, f"{where}.rewrite"))
-        if route.upstream is not None:
-            check_upstream_ref(route.upstream, f"{where}.upstream")
-        if route.aggregate is not None:
-            for call_name, call in route.aggregate.calls.items():
-                check_upstream_ref(call.upstream,
-                                   f"{where}.aggregate.calls.{key_path([call_name])}.upstream")
-        if route.graphql is not None:
-            for field_name, resolver in route.graphql.resolvers.items():
-                check_upstream_ref(resolver.upstream,
-                                   f"{where}.graphql.resolvers.{key_path([field_name])}.upstream")
+        for _, kind, spec in present:
+            for ref, below in kind.upstream_refs(spec):
+                check_upstream_ref(ref, f"{where}.{below}")
         for host in route.hosts or []:
             # no port: hosts are matched against the Host header without its port
             if not re.fullmatch(r"(\*\.)?[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?", host):

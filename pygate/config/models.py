@@ -161,6 +161,7 @@ class RouteConfig(Model):
     methods: list[str] | None = None
     hosts: list[str] | None = None
     headers: dict[str, str] | None = None
+    # The route kinds' keys (exactly one is set): each is a kind in pygate.kinds.KINDS.
     upstream: str | None = None
     aggregate: AggregateConfig | None = None
     graphql: GraphQLConfig | None = None
@@ -205,11 +206,11 @@ class RouteConfig(Model):
 
     @property
     def kind(self) -> str:
-        if self.aggregate is not None:
-            return "aggregate"
-        if self.graphql is not None:
-            return "graphql"
-        return "upstream"
+        """The route's kind: the one of its kind keys that is set (pygate.kinds.KINDS)."""
+        from ..kinds import kind_of
+
+        found = kind_of(self)
+        return found[0].key if found is not None else "none"
 
 
 class Config(Model):

@@ -1,8 +1,7 @@
 """Upstream pools: targets, their connections, and the choice of a target.
 
 Each target owns a bounded keep-alive connection pool (:mod:`.client`) for
-HTTP calls; each upstream also owns one aiohttp ``ClientSession`` for
-WebSockets and health checks, a balancer built once from the
+HTTP calls; each upstream also owns a balancer built once from the
 configuration (:mod:`.balancer`), and the health of its targets
 (:mod:`.health`: active checks started and stopped with the gateway, and the
 passive breaker fed by :func:`.forward.send`). :meth:`Upstream.pick` chooses a
@@ -11,13 +10,11 @@ target among those that are healthy, not ejected and not excluded.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import structlog
 from yarl import URL
 
@@ -63,7 +60,7 @@ class Target:
 
 
 class Upstream:
-    """A named pool of targets behind one client session."""
+    """A named group of targets, each with its connection pool."""
 
     def __init__(self, name: str, config: UpstreamConfig) -> None:
         self.name = name
@@ -86,28 +83,8 @@ class Upstream:
         self.all_up = True
         self.checker = (HealthChecker(name, self.targets, config.health, self.set_health)
                         if config.health is not None else None)
-        self.session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(
-            limit=self.config.max_connections,
-            limit_per_host=0,
-            keepalive_timeout=30.0,
-            ttl_dns_cache=60,
-        )
-        self.session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(
-                total=None,
-                connect=self.config.connect_timeout,
-                sock_connect=self.config.connect_timeout,
-                sock_read=self.config.read_timeout,
-            ),
-            auto_decompress=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
-            read_bufsize=2**16,
-        )
         for target in self.targets:
             url = target.url
             target.pool = Pool(
@@ -117,7 +94,7 @@ class Upstream:
                 read_timeout=self.config.read_timeout,
             )
         if self.checker is not None:
-            self.checker.start(self.session)
+            self.checker.start()
 
     async def close(self) -> None:
         if self.checker is not None:
@@ -126,10 +103,6 @@ class Upstream:
             if target.pool is not None:
                 await target.pool.close()
                 target.pool = None
-        if self.session is not None:
-            await self.session.close()
-            self.session = None
-            await asyncio.sleep(0)
 
     # -- choosing a target ---------------------------------------------------
 

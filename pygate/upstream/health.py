@@ -18,11 +18,10 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-import aiohttp
 import structlog
-from yarl import URL
 
 from ..config import HealthConfig
+from .client import ConnectError, Pool, UpstreamError
 
 if TYPE_CHECKING:
     from . import Target
@@ -106,10 +105,12 @@ class Breaker:
 class HealthChecker:
     """Active health checks of an upstream's targets: one probing task per target.
 
-    A probe is ``GET <target><path>`` through the upstream's own session; a
-    2xx or 3xx answer within ``timeout`` is a success, anything else (another
-    status, a refused or reset connection, a timeout) a failure. The first
-    probe goes out as soon as the gateway starts, then one every ``interval``.
+    A probe is ``GET <target><path>`` through pygate's own upstream client, on
+    a one-connection pool of the probe's own (so that a saturated request pool
+    never delays a probe into a false failure); a 2xx or 3xx answer within
+    ``timeout`` is a success, anything else (another status, a refused or reset
+    connection, a timeout) a failure. The first probe goes out as soon as the
+    gateway starts, then one every ``interval``.
     """
 
     def __init__(self, upstream: str, targets: Sequence[Target], config: HealthConfig,
@@ -118,15 +119,20 @@ class HealthChecker:
         self.targets = list(targets)
         self.config = config
         self.on_change = on_change
-        path = config.path if config.path.startswith("/") else "/" + config.path
-        self.urls = [URL(f"{target.url}{path}", encoded=True) for target in self.targets]
-        self.timeout = aiohttp.ClientTimeout(total=config.timeout)
+        self.path = config.path if config.path.startswith("/") else "/" + config.path
         self.tasks: list[asyncio.Task[None]] = []
+        self.pools: list[Pool] = []
 
-    def start(self, session: aiohttp.ClientSession) -> None:
+    def start(self) -> None:
         loop = asyncio.get_running_loop()
+        timeout = self.config.timeout
+        self.pools = [
+            Pool(t.url.scheme, t.url.raw_host or "", t.url.port or 80, limit=1,
+                 connect_timeout=timeout, read_timeout=timeout)
+            for t in self.targets
+        ]
         self.tasks = [
-            loop.create_task(self._run(session, index), name=f"pygate-health-{self.upstream}")
+            loop.create_task(self._run(index), name=f"pygate-health-{self.upstream}")
             for index in range(len(self.targets))
         ]
 
@@ -135,14 +141,17 @@ class HealthChecker:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         self.tasks = []
+        for pool in self.pools:
+            await pool.close()
+        self.pools = []
 
-    async def _run(self, session: aiohttp.ClientSession, index: int) -> None:
+    async def _run(self, index: int) -> None:
         target = self.targets[index]
-        url = self.urls[index]
+        pool = self.pools[index]
         config = self.config
         successes = failures = 0
         while True:
-            reason = await self.probe(session, url)
+            reason = await self.probe(pool)
             if reason is None:
                 successes, failures = successes + 1, 0
                 if not target.healthy and successes >= config.healthy:
@@ -157,21 +166,25 @@ class HealthChecker:
                     self.on_change(target, False)
             await asyncio.sleep(config.interval)
 
-    async def probe(self, session: aiohttp.ClientSession, url: URL) -> str | None:
+    async def probe(self, pool: Pool) -> str | None:
         """``None`` when the target answered 2xx/3xx in time, else why it did not."""
         try:
-            async with session.get(url, allow_redirects=False, timeout=self.timeout,
-                                   headers={"User-Agent": "pygate-health-check"}) as response:
-                await response.read()
-                if 200 <= response.status < 400:
-                    return None
-                return f"status {response.status}"
+            async with asyncio.timeout(self.config.timeout):
+                response = await pool.request("GET", self.path,
+                                              [("User-Agent", "pygate-health-check")])
+                try:
+                    await response.read()
+                finally:
+                    response.close()
+            if 200 <= response.status < 400:
+                return None
+            return f"status {response.status}"
         except TimeoutError:
             return "timed out"
-        except aiohttp.ClientConnectorError:
+        except ConnectError:
             return "connection refused"
-        except (aiohttp.ClientError, OSError) as exc:
-            return type(exc).__name__
+        except UpstreamError as exc:
+            return exc.reason
         except Exception as exc:  # a probe never ends the checks
             log.exception("health check failed", upstream=self.upstream)
             return type(exc).__name__

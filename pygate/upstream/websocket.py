@@ -165,7 +165,7 @@ async def connect(
     if not valid_key(request.headers.get("Sec-WebSocket-Key", "")) or \
             not web.WebSocketResponse().can_prepare(request):
         raise BadRequest("malformed WebSocket handshake")
-    session = upstream.session
+    session = gateway.client  # the gateway's one aiohttp session (no cookie jar)
     assert session is not None, "upstream used before the gateway started"
     max_size = gateway.max_body
     headers = CIMultiDict(upstream_request.headers)

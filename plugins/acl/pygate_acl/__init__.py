@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from pygate import Context, Forbidden, hookimpl
+from pygate.plugin import Context, Forbidden, hookimpl
 
 from .config import AclConfig
 from .rules import refusal

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from pygate import Identity
+from pygate.plugin import Identity
 
 QUALIFIERS = ("role", "id", "consumer")
 

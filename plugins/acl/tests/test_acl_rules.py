@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pygate_acl.rules import Matcher, Rules, check_entry, refusal
 
-from pygate import Identity
+from pygate.plugin import Identity
 
 ALICE = Identity(id="u-1", consumer="alice", roles=("staff",), source="key-auth")
 ROOT = Identity(id="root", roles=("admin", "staff"))

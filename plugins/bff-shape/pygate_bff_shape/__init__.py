@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from pygate import Context, hookimpl
+from pygate.plugin import Context, hookimpl
 
 from .config import ShapeConfig
 from .shape import lookup, reshape

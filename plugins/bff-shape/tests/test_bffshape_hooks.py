@@ -12,8 +12,7 @@ import pygate_bff_shape
 import pytest
 from aiohttp import web
 
-from pygate.app import build_gateway
-from pygate.config import ConfigError, load_data
+from pygate.testing import start_gateway
 
 pytest_plugins = ["pygate.testing"]
 
@@ -87,11 +86,12 @@ async def test_nothing_configured_keeps_pygates_composition(pygate_gateway: Any,
     assert body["user"]["name"] == "Ann" and body["extra"] is None
 
 
-def test_config_errors_carry_the_key_path() -> None:
-    config = load_data({"routes": [route("http://127.0.0.1:9", "r", "/r", plugins={
-        "bff-shape": {"pick": {"name": "user..name"}, "envelop": "data"}})]})
-    with pytest.raises(ConfigError) as caught:
-        build_gateway(config, extra_plugins={"bff-shape": pygate_bff_shape})
-    text = caught.value.render()
+async def test_config_errors_carry_the_key_path() -> None:
+    config = {"routes": [route("http://127.0.0.1:9", "r", "/r", plugins={
+        "bff-shape": {"pick": {"name": "user..name"}, "envelop": "data"}})]}
+    # the gateway refuses to start: pygate's ConfigError lists every problem
+    with pytest.raises(Exception, match="configuration error") as caught:
+        await start_gateway(config, {"bff-shape": pygate_bff_shape})
+    text = str(caught.value)
     assert "routes[0].plugins.bff-shape.pick: expected paths like" in text
     assert "routes[0].plugins.bff-shape.envelop: unknown key; did you mean 'envelope'?" in text

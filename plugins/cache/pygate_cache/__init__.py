@@ -6,21 +6,23 @@ upstream and makes concurrent misses for one key share one upstream call;
 marks every response of a cached route ``X-Cache: MISS`` or ``BYPASS``.
 :func:`purge` removes entries by key prefix (for the admin API). See README.md
 for every setting.
+
+The stores live in a :class:`~pygate_cache.store.Registry` per event loop, which
+``startup`` takes with ``gateway.shared`` (a reloaded gateway keeps the memory
+entries) and keeps in ``gateway.state("cache")``.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 from pydantic import BaseModel
 
-from pygate import Context, hookimpl
+from pygate.plugin import Context, Gateway, hookimpl
 
 from . import handler, store
 from .config import CacheConfig
 from .policy import cache_key, route_prefix
-from .store import BackendError, metrics
+from .store import BackendError, Registry, metrics
 
 __version__ = "0.1.0"
 
@@ -30,7 +32,10 @@ request must not be answered from the cache), so late on the request side, and e
 on the response side (it stores the response before the cors, rate-limit and headers
 plugins add their per-request headers)."""
 
+NAME = store.PLUGIN  # the entry point's name: the [plugins.cache] table
+
 STATE_KEY = handler.STATE_KEY
+"""``ctx.state[STATE_KEY]``: what ``admit`` decided for this request (a ``Pending``)."""
 
 
 @hookimpl
@@ -39,14 +44,8 @@ def config_schema() -> type[BaseModel]:
 
 
 @hookimpl
-def startup(app: Any) -> None:
-    app.state[STATE_KEY] = store.acquire()
-
-
-@hookimpl
-async def shutdown(app: Any) -> None:
-    app.state.pop(STATE_KEY, None)
-    await store.release()
+def startup(gateway: Gateway) -> None:
+    gateway.state(NAME)[store.REGISTRY] = gateway.shared(NAME, Registry)
 
 
 @hookimpl
@@ -60,7 +59,7 @@ async def post_response(request: web.BaseRequest, ctx: Context,
     await handler.post_response(request, ctx, response)
 
 
-async def purge(app: Any, prefix: str) -> int:
+async def purge(gateway: Gateway, prefix: str) -> int:
     """Remove every entry whose key starts with ``prefix``; return how many were removed.
 
     Keys read ``ROUTE:PATH?QUERY`` (plus `` c=CONSUMER`` for per-consumer entries), so
@@ -69,12 +68,15 @@ async def purge(app: Any, prefix: str) -> int:
     Every store the gateway's cache configs name (global table and routes) is purged,
     a Redis one for every node that shares it.
 
-    :param app: the running :class:`pygate.app.Gateway`.
+    :param gateway: the running gateway (``ctx.gateway`` in a hook).
     :raise BackendError: a Redis store did not answer (the others were purged).
+    :raise RuntimeError: the plugin has not started on this gateway.
     """
-    registry = app.state.get(STATE_KEY) or store.registry()
+    registry: Registry | None = gateway.state(NAME).get(store.REGISTRY)
+    if registry is None:
+        raise RuntimeError("the cache plugin is not running on this gateway")
     caches: dict[int, store.Cache] = {}
-    for config in app.plugin_configs("cache"):
+    for config in gateway.configs(NAME):
         if isinstance(config, CacheConfig):
             cache = registry.cache(config)
             caches[id(cache)] = cache
@@ -82,6 +84,7 @@ async def purge(app: Any, prefix: str) -> int:
 
 
 __all__ = [
+    "NAME",
     "PRIORITY",
     "BackendError",
     "CacheConfig",
@@ -92,6 +95,5 @@ __all__ = [
     "post_response",
     "purge",
     "route_prefix",
-    "shutdown",
     "startup",
 ]

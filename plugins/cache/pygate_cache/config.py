@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from pygate.config import Backend, Duration, Size
+from pygate.plugin import Backend, Duration, Size
 
 CACHEABLE_METHODS = ("GET", "HEAD")
 

@@ -27,7 +27,7 @@ from typing import Any
 from aiohttp import web
 from multidict import CIMultiDict
 
-from pygate import Context
+from pygate.plugin import Context
 
 from .config import CacheConfig
 from .policy import (
@@ -41,7 +41,7 @@ from .policy import (
     variant,
     vary_names,
 )
-from .store import BackendError, Cache, metrics, registry
+from .store import PLUGIN, REGISTRY, BackendError, Cache, Registry, metrics
 
 STATE_KEY = "cache"
 HIT, MISS, BYPASS = "HIT", "MISS", "BYPASS"
@@ -73,7 +73,8 @@ async def admit(request: web.BaseRequest, ctx: Context) -> web.StreamResponse | 
     consumer = None if identity is None or config.shared else str(identity.get("consumer"))
     route = ctx.route.name if ctx.route is not None else ""
     key = cache_key(route, ctx.path, request.raw_path.partition("?")[2], consumer)
-    cache = registry().cache(config)
+    registry: Registry = ctx.gateway.state(PLUGIN)[REGISTRY]
+    cache = registry.cache(config)
     pending = Pending(MISS, cache, key, store=rules.store and method == "GET",
                       authorized=identity is None and "Authorization" in request.headers)
     ctx.state[STATE_KEY] = pending
@@ -94,7 +95,7 @@ async def admit(request: web.BaseRequest, ctx: Context) -> web.StreamResponse | 
             _, pending.flight = flights.join_or_lead(key)
             _guard(pending)
         return await _look_up(request, ctx, pending, cache, config, rules.max_age)
-    wait_s = float(getattr(ctx.app, "timeout", 30.0)) + WAIT_MARGIN_S
+    wait_s = ctx.gateway.timeout + WAIT_MARGIN_S
     shared = await flights.wait(future, asyncio.get_running_loop().time() + wait_s)
     if shared is not None:
         entry, digest = shared

@@ -16,7 +16,9 @@ that variant.
   every failure is a :class:`BackendError`, which the plugin turns into a BYPASS.
 
 A :class:`Registry` per event loop holds the stores (opened lazily, on first use)
-and their single flights, and is closed when the last gateway of the loop stops.
+and their single flights. The plugin's ``startup`` takes it with
+``gateway.shared`` and keeps it in ``gateway.state("cache")``; it is closed when
+the last gateway of the loop stops.
 """
 
 from __future__ import annotations
@@ -32,13 +34,14 @@ import structlog
 from cachetools import TLRUCache
 from multidict import MultiMapping
 
-from pygate.shared import PerLoop
-
 from .config import CacheConfig
 from .flight import SingleFlight
 from .policy import Entry, variant
 
 PLUGIN = "cache"
+
+REGISTRY = "registry"
+"""``gateway.state(PLUGIN)[REGISTRY]``: the event loop's :class:`Registry`."""
 
 log = structlog.get_logger("pygate")
 
@@ -360,9 +363,9 @@ def cache_id(config: CacheConfig) -> tuple[Any, ...]:
 class Registry:
     """The caches of one event loop, by backend settings, opened lazily on first use.
 
-    Every gateway running in the loop holds it (``startup``) and lets it go
-    (``shutdown``); the last one out closes the stores, so a reloaded gateway keeps
-    the memory entries of the one it replaces.
+    Every gateway running in the loop holds it (``gateway.shared`` in ``startup``)
+    and the core lets it go after ``shutdown``; the last one out closes the stores,
+    so a reloaded gateway keeps the memory entries of the one it replaces.
     """
 
     def __init__(self) -> None:
@@ -393,12 +396,6 @@ class Registry:
                             error=f"{type(exc).__name__}: {exc}")
 
 
-_shared: PerLoop[Registry] = PerLoop(Registry)
-registry = _shared.get  # the running loop's registry (created on first use)
-acquire = _shared.acquire  # a gateway starts using it (startup)
-release = _shared.release  # a gateway stops; the last one closes the stores (shutdown)
-
-
 async def purge_caches(caches: Sequence[Cache], prefix: str) -> int:
     """Purge ``prefix`` from every cache; raise BackendError after trying them all."""
     removed = 0
@@ -423,9 +420,6 @@ __all__ = [
     "RedisStore",
     "Registry",
     "Store",
-    "acquire",
     "metrics",
     "purge_caches",
-    "registry",
-    "release",
 ]

@@ -13,7 +13,7 @@ import pygate_cache
 import pytest
 from aiohttp import web
 
-from pygate import hookimpl
+from pygate.plugin import hookimpl
 
 
 @pytest.fixture(params=["memory", "redis"])

@@ -14,7 +14,7 @@ from __future__ import annotations
 from aiohttp import web
 from pydantic import BaseModel
 
-from pygate import Context, Forbidden, hookimpl
+from pygate.plugin import Context, Forbidden, hookimpl
 
 from .config import CorsConfig
 from .policy import decorate, is_preflight, preflight

@@ -16,7 +16,7 @@ from pydantic import (
     model_validator,
 )
 
-from pygate.config import Duration
+from pygate.plugin import Duration
 
 from .policy import Origins, Policy, check_origin
 

@@ -13,10 +13,8 @@ import pygate_cors
 import pytest
 from aiohttp import web
 
-from pygate import Identity, Unauthorized, hookimpl
-from pygate.app import build_gateway
-from pygate.config import ConfigError, load_data
-from pygate.testing import free_port
+from pygate.plugin import Identity, Unauthorized, hookimpl
+from pygate.testing import free_port, start_gateway
 
 pytest_plugins = ["pygate.testing"]
 
@@ -235,27 +233,28 @@ async def test_per_route_override_is_merged_over_the_global_table(pygate_gateway
     assert [r.method for r in upstream.requests] == ["GET"]  # preflights never went upstream
 
 
-def config_errors(data: dict[str, Any]) -> str:
-    with pytest.raises(ConfigError) as caught:
-        build_gateway(load_data(data), extra_plugins=PLUGINS)
-    return caught.value.render()
+async def config_errors(data: dict[str, Any]) -> str:
+    """The gateway refuses to start: pygate's ConfigError, rendered with every problem."""
+    with pytest.raises(Exception, match="configuration error") as caught:
+        await start_gateway(data, PLUGINS)
+    return str(caught.value)
 
 
-def test_wildcard_origin_with_credentials_is_a_config_error() -> None:
-    text = config_errors(gateway_config("http://127.0.0.1:9", {"credentials": True}))
+async def test_wildcard_origin_with_credentials_is_a_config_error() -> None:
+    text = await config_errors(gateway_config("http://127.0.0.1:9", {"credentials": True}))
     assert 'plugins.cors.credentials: credentials = true cannot be combined with origins = ["*"]' \
         in text
-    text = config_errors(gateway_config("http://127.0.0.1:9",
-                                        {"origins": ["*", APP], "credentials": True}))
+    text = await config_errors(gateway_config("http://127.0.0.1:9",
+                                              {"origins": ["*", APP], "credentials": True}))
     assert "plugins.cors.credentials:" in text
     # a route that turns credentials on over a global "*"
-    text = config_errors(gateway_config("http://127.0.0.1:9", {"origins": ["*"]},
-                                        plugins={"cors": {"credentials": True}}))
+    text = await config_errors(gateway_config("http://127.0.0.1:9", {"origins": ["*"]},
+                                              plugins={"cors": {"credentials": True}}))
     assert "routes[0].plugins.cors.credentials:" in text
 
 
-def test_other_config_errors_name_their_key_path() -> None:
-    text = config_errors(gateway_config("http://127.0.0.1:9", {
+async def test_other_config_errors_name_their_key_path() -> None:
+    text = await config_errors(gateway_config("http://127.0.0.1:9", {
         "origins": [APP, "app.example.com", "https://a.example.com/path", "https://*.com"],
         "methods": ["GET", "G T"], "max_age": "ten minutes", "expose": ["X Bad"],
         "credential": True}))

@@ -11,7 +11,7 @@ from __future__ import annotations
 from aiohttp import web
 from pydantic import BaseModel
 
-from pygate import Context, UpstreamRequest, hookimpl
+from pygate.plugin import Context, UpstreamRequest, hookimpl
 
 from .config import HeadersConfig
 from .transform import apply, set_identity

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from multidict import CIMultiDict
 
-from pygate import Identity
+from pygate.plugin import Identity
 
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 

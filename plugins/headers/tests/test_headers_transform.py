@@ -6,7 +6,7 @@ from multidict import CIMultiDict
 from pygate_headers.config import Edits, HeadersConfig, ResponseEdits
 from pygate_headers.transform import apply, header_value, set_identity
 
-from pygate import Identity
+from pygate.plugin import Identity
 
 
 def test_remove_then_rename_then_add() -> None:

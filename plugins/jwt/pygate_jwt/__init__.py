@@ -6,20 +6,21 @@ fetched with the gateway's HTTP client, refetched on an unknown ``kid`` at most
 once per ``jwks_min_refresh``). A valid token gives ``Identity(id=...,
 roles=(...), source="jwt", fields={...})`` mapped from its claims; a missing or
 invalid one gets 401 with an RFC 6750 ``WWW-Authenticate: Bearer`` challenge.
+
+``startup`` gives every effective config its verified-token cache and key set,
+in ``gateway.state("jwt")`` keyed by ``id(config)`` (:mod:`pygate_jwt.state`).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 from pydantic import BaseModel
 
-from pygate import Context, Identity, hookimpl
+from pygate.plugin import Context, Gateway, Identity, hookimpl
 
 from .auth import authenticate as authenticate_request
 from .config import JwtConfig
-from .jwks import attach
+from .state import NAME, prepare
 
 PRIORITY = 1450
 
@@ -30,13 +31,15 @@ def config_schema() -> type[BaseModel]:
 
 
 @hookimpl
-def startup(app: Any, config: JwtConfig | None) -> None:
-    attach(app, config)
+def startup(gateway: Gateway) -> None:
+    prepare(gateway)
 
 
 @hookimpl
 async def authenticate(request: web.BaseRequest, ctx: Context) -> Identity | None:
-    return await authenticate_request(request, ctx.config, ctx.state)
+    config: JwtConfig = ctx.config
+    runtime = ctx.gateway.state(NAME).get(id(config))
+    return await authenticate_request(request, config, runtime, ctx.state)
 
 
-__all__ = ["PRIORITY", "JwtConfig", "authenticate", "config_schema", "startup"]
+__all__ = ["NAME", "PRIORITY", "JwtConfig", "authenticate", "config_schema", "startup"]

@@ -13,10 +13,11 @@ from typing import Any
 
 from aiohttp import web
 
-from pygate import Identity, ServiceUnavailable, Unauthorized
+from pygate.plugin import Identity, ServiceUnavailable, Unauthorized
 
 from .config import JwtConfig
 from .jwks import JwksCache
+from .state import Runtime
 from .verify import (
     InvalidToken,
     Verified,
@@ -69,15 +70,17 @@ def invalid_token(description: str) -> Unauthorized:
         "WWW-Authenticate": f'Bearer error="invalid_token", error_description="{safe}"'})
 
 
-async def verify(token: str, config: JwtConfig) -> Verified:
-    """All checks for one token; raises :class:`InvalidToken` naming the failed one."""
+async def verify(token: str, config: JwtConfig, jwks: JwksCache | None) -> Verified:
+    """All checks for one token; raises :class:`InvalidToken` naming the failed one.
+
+    ``jwks`` is the config's key set when it names a ``jwks_url``.
+    """
     header = unverified_header(token)
     algorithm = accepted_algorithm(header, config.algorithms)
     key = config.static_key
     if key is not None:
         claims = decode(token, key, algorithm, config)
     else:
-        jwks: JwksCache | None = config.jwks
         if jwks is None:
             raise ServiceUnavailable("jwt: the key set is not loaded (the gateway did not "
                                      "run the plugin's startup)")
@@ -89,19 +92,24 @@ async def verify(token: str, config: JwtConfig) -> Verified:
                     expires=expiry(claims))
 
 
-async def authenticate(request: web.BaseRequest, config: JwtConfig,
+async def authenticate(request: web.BaseRequest, config: JwtConfig, runtime: Runtime | None,
                        state: dict[str, Any]) -> Identity | None:
-    """The caller's identity, ``None`` for an anonymous request when ``optional``."""
+    """The caller's identity, ``None`` for an anonymous request when ``optional``.
+
+    ``runtime`` is what ``startup`` prepared for ``config`` (``None``: it did not run).
+    """
     token = extract_token(request, config.token_from)
     if token is None:
         if config.optional:
             return None
         raise missing_token()
-    cache = config.token_cache
+    if runtime is None:
+        raise ServiceUnavailable("jwt: the plugin did not start on this gateway")
+    cache = runtime.tokens
     verified = cache.get(token)
     if verified is None:
         try:
-            verified = await verify(token, config)
+            verified = await verify(token, config, runtime.jwks)
         except InvalidToken as error:
             raise invalid_token(error.description) from None
         cache.put(token, verified)

@@ -4,8 +4,9 @@ Everything that can be wrong in the settings is a configuration error with its
 key path: a missing ``algorithms``, ``"none"``, an algorithm whose key type does
 not match the key source (an HMAC algorithm with ``public_key`` or ``jwks_url``
 is algorithm confusion), an unreadable or wrong-typed public key, a too short
-HMAC secret. The parsed key and the verified-token cache live on the instance,
-so the request path does no parsing.
+HMAC secret. The parsed key lives on the instance, so the request path does no
+parsing; what the plugin keeps at run time (the verified-token cache, the JWKS
+key set) is in ``gateway.state("jwt")`` (see :mod:`pygate_jwt.state`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from typing import Any
 
 from pydantic import (
     BaseModel,
@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from pygate.config import Duration, suggest
+from pygate.plugin import Duration, suggest
 
 from .keys import (
     HMAC_MIN_BYTES,
@@ -37,7 +37,6 @@ from .keys import (
     key_kind,
     load_public_key,
 )
-from .verify import TokenCache
 
 DEFAULT_CLAIMS = {"id": "sub", "roles": "role"}
 _SOURCE = re.compile(r"^(header|cookie|query):(\S+)$")
@@ -87,8 +86,6 @@ class JwtConfig(BaseModel):
     cache_ttl: Duration = 300.0
 
     _key: bytes | PublicKey | None = PrivateAttr(default=None)
-    _cache: TokenCache = PrivateAttr(default_factory=lambda: TokenCache(0, 1.0))
-    _jwks: Any = PrivateAttr(default=None)
 
     # -- field checks (algorithms first: the key sources are checked against it) --
 
@@ -199,29 +196,16 @@ class JwtConfig(BaseModel):
             self._key = secret_bytes(self.secret.get_secret_value())
         elif self.public_key is not None:
             self._key = load_public_key(self.public_key, _base_dir(info))
-        self._cache = TokenCache(self.cache_size, self.cache_ttl)
         return self
 
     # -- what the request path reads --
-    # (private attributes are read from ``__pydantic_private__`` directly: pydantic's
-    # own attribute lookup for them costs microseconds per read)
+    # (the private attribute is read from ``__pydantic_private__`` directly: pydantic's
+    # own attribute lookup for it costs microseconds per read)
 
     @property
     def static_key(self) -> bytes | PublicKey | None:
         """The HMAC secret or public key; ``None`` when keys come from ``jwks_url``."""
         return self.__pydantic_private__["_key"]  # type: ignore[index]
-
-    @property
-    def token_cache(self) -> TokenCache:
-        return self.__pydantic_private__["_cache"]  # type: ignore[index]
-
-    @property
-    def jwks(self) -> Any:
-        """The :class:`pygate_jwt.jwks.JwksCache` bound by ``startup`` (``jwks_url`` only)."""
-        return self.__pydantic_private__["_jwks"]  # type: ignore[index]
-
-    def bind_jwks(self, jwks: Any) -> None:
-        self._jwks = jwks
 
     @property
     def audiences(self) -> list[str] | None:

@@ -13,15 +13,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
 
 import aiohttp
 import structlog
 
-from pygate import ServiceUnavailable
+from pygate.plugin import ServiceUnavailable
 
-from .config import JwtConfig
 from .keys import Jwk, parse_jwks
 from .verify import InvalidToken
 
@@ -123,34 +121,3 @@ class JwksCache:
             return parse_jwks(json.loads(body))
         except ValueError as exc:  # JSONDecodeError is a ValueError
             raise JwksUnavailable(f"not a JWKS document: {exc}"[:200]) from None
-
-
-def _plugin_configs(app: Any) -> Iterator[JwtConfig]:
-    """Every ``jwt`` config instance of the gateway: the global one and each route's."""
-    found = getattr(app, "plugin_configs", None)
-    for config in (found("jwt") if found is not None else ()):
-        if isinstance(config, JwtConfig):
-            yield config
-
-
-def attach(app: Any, config: Any = None) -> dict[tuple[Any, ...], JwksCache]:
-    """Give every ``jwks_url`` config of ``app`` its key set, fetched with ``app.client``."""
-    client = getattr(app, "client", None)
-    caches: dict[tuple[Any, ...], JwksCache] = {}
-    configs = list(_plugin_configs(app))
-    if isinstance(config, JwtConfig) and all(config is not c for c in configs):
-        configs.append(config)
-    for item in configs:
-        if item.jwks_url is None:
-            continue
-        key = (item.jwks_url, item.jwks_min_refresh, item.jwks_ttl, item.jwks_timeout)
-        cache = caches.get(key)
-        if cache is None:
-            cache = caches[key] = JwksCache(item.jwks_url, client,
-                                            min_refresh=item.jwks_min_refresh,
-                                            ttl=item.jwks_ttl, timeout=item.jwks_timeout)
-        item.bind_jwks(cache)
-    state = getattr(app, "state", None)
-    if isinstance(state, dict):
-        state[PLUGIN] = caches
-    return caches

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import jwt
 from cachetools import TTLCache
 
-from pygate import Identity
+from pygate.plugin import Identity
 
 if TYPE_CHECKING:
     from .config import JwtConfig

@@ -9,6 +9,7 @@ identity reached the upstream.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import functools
 import json
@@ -17,11 +18,13 @@ import types
 from typing import Any
 
 import pygate_jwt
+import pytest
 from aiohttp import web
 from jwcrypto import jwk
 from jwcrypto import jwt as jcjwt
 
-from pygate import Context, UpstreamRequest, hookimpl
+from pygate.plugin import Context, UpstreamRequest, hookimpl
+from pygate.testing import start_gateway
 
 HS512_SECRET = "a-shared-secret-of-sixty-four-bytes-for-hs512-0123456789abcdefgh"
 HS256_SECRET = "a-shared-secret-of-at-least-32-bytes!!"
@@ -139,6 +142,26 @@ def config(upstream_url: str, settings: dict[str, Any], *,
         "plugins": {"jwt": settings, "identity-echo": {}},
         "routes": routes or [{"name": "api", "path": "/", "upstream": upstream_url}],
     }
+
+
+def config_errors(data: dict[str, Any]) -> str:
+    """The gateway refuses to start: pygate's ConfigError, rendered with every problem."""
+    with pytest.raises(Exception, match="configuration error") as caught:
+        asyncio.run(start_gateway(data, PLUGINS))
+    return str(caught.value)
+
+
+def effective_configs(data: dict[str, Any]) -> list[Any]:
+    """Every effective ``jwt`` config of a gateway started from ``data`` (the global
+    table's first), as ``gateway.configs("jwt")`` gives them to the plugin."""
+    async def run() -> list[Any]:
+        gateway = await start_gateway(data, PLUGINS)
+        try:
+            return gateway.running.gateway.facade.configs("jwt")
+        finally:
+            await gateway.close()
+
+    return asyncio.run(run())
 
 
 def identity_seen(upstream: Any) -> dict[str, Any] | None:

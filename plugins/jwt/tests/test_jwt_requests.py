@@ -25,7 +25,7 @@ from jwt_helpers import (
 )
 from pygate_jwt.verify import TokenCache, Verified
 
-from pygate import Identity
+from pygate.plugin import Identity
 
 
 def settings(**extra: Any) -> dict[str, Any]:

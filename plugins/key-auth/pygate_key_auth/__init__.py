@@ -12,7 +12,7 @@ from __future__ import annotations
 from aiohttp import web
 from pydantic import BaseModel
 
-from pygate import Context, Identity, UpstreamRequest, hookimpl
+from pygate.plugin import Context, Identity, UpstreamRequest, hookimpl
 
 from .config import KeyAuthConfig
 from .credentials import hide, identify

@@ -30,7 +30,7 @@ from pydantic import (
     model_validator,
 )
 
-from pygate.config import key_path
+from pygate.plugin import key_path
 
 from .keys import KeyIndex, build_index, digest_of, display_form
 

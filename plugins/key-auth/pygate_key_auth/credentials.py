@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from pygate import Identity, Unauthorized, UpstreamRequest
+from pygate.plugin import Identity, Unauthorized, UpstreamRequest
 
 from .config import KeyAuthConfig
 from .keys import strip_query_param

@@ -6,6 +6,9 @@
 the response has gone, samples, redacts, renders the line with structlog and
 hands it to a buffered sink that a background thread writes to stdout or to a
 file, so logging never delays a response. See README.md for every setting.
+
+The sinks, one per destination, are opened by ``startup`` and kept in
+``gateway.state("logging")``; ``shutdown`` writes what they hold and closes them.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel
 
-from pygate import Context, hookimpl
+from pygate.plugin import Context, Gateway, hookimpl
 
 from .config import LoggingConfig
 from .lines import access_fields, pick_headers, should_log
@@ -29,8 +32,10 @@ NAME = "logging"  # the entry point's name: the [plugins.logging] table
 PRIORITY = 5  # last on the request side; its post_response runs first, its log hook last
 
 STATE_KEY = "logging"
-"""``ctx.state[STATE_KEY]``: ``(request, response)`` seen by post_response;
-``app.state[STATE_KEY]``: the open sinks, by destination."""
+"""``ctx.state[STATE_KEY]``: ``(request, response)`` seen by post_response."""
+
+SINKS = "sinks"
+"""``gateway.state(NAME)[SINKS]``: the open sinks, by destination (``None``: stdout)."""
 
 CLOSE_TIMEOUT = 5.0
 """Seconds ``shutdown`` waits for a destination to take the last lines."""
@@ -42,34 +47,31 @@ def config_schema() -> type[BaseModel]:
 
 
 @hookimpl
-def startup(app: Any) -> None:
-    """Open one sink per destination (stdout, or each file) and attach it to every config."""
+def startup(gateway: Gateway) -> None:
+    """Open one sink per destination (stdout, or each file) that a config names."""
     sinks: dict[str | None, Sink] = {}
     try:
-        for config in app.plugin_configs(NAME):
-            sink = sinks.get(config.destination)
-            if sink is None:
-                try:
-                    target = open_target(config.destination)
-                except OSError as exc:
-                    raise RuntimeError(f"the logging plugin cannot open {config.destination}: "
-                                       f"{exc.strerror or exc}") from None
-                sink = Sink(target, interval=config.flush_interval, capacity=config.buffer)
-                sinks[config.destination] = sink
-            config.attach(sink)
+        for config in gateway.configs(NAME):
+            if config.destination in sinks:
+                continue
+            try:
+                target = open_target(config.destination)
+            except OSError as exc:
+                raise RuntimeError(f"the logging plugin cannot open {config.destination}: "
+                                   f"{exc.strerror or exc}") from None
+            sinks[config.destination] = Sink(target, interval=config.flush_interval,
+                                             capacity=config.buffer)
     except BaseException:
         for sink in sinks.values():
             sink.close(CLOSE_TIMEOUT)
         raise
-    app.state[STATE_KEY] = sinks
+    gateway.state(NAME)[SINKS] = sinks
 
 
 @hookimpl
-async def shutdown(app: Any) -> None:
-    """Detach the sinks, then write what they hold and close them."""
-    for config in app.plugin_configs(NAME):
-        config.attach(None)
-    sinks: dict[str | None, Sink] = app.state.pop(STATE_KEY, {})
+async def shutdown(gateway: Gateway) -> None:
+    """Take the sinks away from the log hook, then write what they hold and close them."""
+    sinks: dict[str | None, Sink] = gateway.state(NAME).pop(SINKS, {})
     for sink in sinks.values():
         await asyncio.to_thread(sink.close, CLOSE_TIMEOUT)
 
@@ -82,9 +84,12 @@ def post_response(request: web.BaseRequest, ctx: Context, response: web.StreamRe
 @hookimpl
 def log(ctx: Context, record: dict[str, Any]) -> None:
     config: LoggingConfig = ctx.config
-    sink = config.sink
-    if sink is None or not should_log(record["status"], record["error"], config.sample):
+    sinks: dict[str | None, Sink] | None = ctx.gateway.state(NAME).get(SINKS)
+    if sinks is None:  # shut down (or never started)
         return
+    if not should_log(record["status"], record["error"], config.sample):
+        return
+    sink = sinks[config.destination]
     target: str | None = None
     cache: str | None = None
     headers: dict[str, str] | None = None
@@ -104,6 +109,7 @@ def log(ctx: Context, record: dict[str, Any]) -> None:
 
 
 __all__ = [
+    "NAME",
     "PRIORITY",
     "LoggingConfig",
     "config_schema",

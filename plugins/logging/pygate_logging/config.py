@@ -1,16 +1,16 @@
 """The ``[plugins.logging]`` table, validated once per distinct setting at configuration load.
 
-Everything the request path needs is derived here once: the lower-cased sets of
-query parameter names to redact, the header names to copy, and the renderer for
-the chosen format. The sink (the buffered writer of the destination) is attached
-by the plugin's ``startup`` hook.
+Everything the request path needs from the settings is derived here once: the
+lower-cased sets of query parameter names to redact, the header names to copy,
+and the renderer for the chosen format. The sinks (the buffered writers of the
+destinations) are runtime state: ``startup`` keeps them in ``gateway.state``.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -23,12 +23,9 @@ from pydantic import (
     model_validator,
 )
 
-from pygate.config import Duration
+from pygate.plugin import Duration
 
 from .lines import Renderer, make_renderer
-
-if TYPE_CHECKING:
-    from .sink import Sink
 
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
@@ -68,7 +65,6 @@ class LoggingConfig(BaseModel):
 
     _redact: frozenset[str] = PrivateAttr(default=frozenset())
     _renderer: Renderer | None = PrivateAttr(default=None)
-    _sink: Sink | None = PrivateAttr(default=None)
 
     @field_validator("path")
     @classmethod
@@ -106,9 +102,9 @@ class LoggingConfig(BaseModel):
         return self
 
     # The properties below read pydantic's private storage directly: a plain
-    # ``self._sink`` goes through ``BaseModel.__getattr__``, which raises and catches
+    # ``self._redact`` goes through ``BaseModel.__getattr__``, which raises and catches
     # an AttributeError on every access (about 2 us each, measured with pydantic 2.14),
-    # and the log hook reads three of them per request.
+    # and the log hook reads them on every request.
 
     @property
     def redact(self) -> frozenset[str]:
@@ -121,15 +117,6 @@ class LoggingConfig(BaseModel):
         """Turns one line's fields into text (structlog's JSON or console renderer)."""
         renderer: Renderer = self._private["_renderer"]
         return renderer
-
-    @property
-    def sink(self) -> Sink | None:
-        """Where lines go; set by ``startup``, ``None`` before it ran and after shutdown."""
-        sink: Sink | None = self._private["_sink"]
-        return sink
-
-    def attach(self, sink: Sink | None) -> None:
-        self._sink = sink
 
     @property
     def destination(self) -> str | None:

@@ -13,10 +13,10 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from pygate import Identity, ServiceUnavailable, Unauthorized
+from pygate.plugin import Identity, ServiceUnavailable, Unauthorized
 
 from .config import IntrospectionConfig
-from .introspect import IdpUnavailable, InactiveToken
+from .introspect import IdpUnavailable, InactiveToken, Introspector
 
 log = structlog.get_logger("pygate")
 
@@ -47,9 +47,12 @@ def invalid_token(description: str) -> Unauthorized:
 
 
 async def authenticate(request: web.BaseRequest, config: IntrospectionConfig,
-                       state: dict[str, Any], request_id: str | None = None
-                       ) -> Identity | None:
-    """The caller's identity, ``None`` for an anonymous request when ``optional``."""
+                       introspector: Introspector | None, state: dict[str, Any],
+                       request_id: str | None = None) -> Identity | None:
+    """The caller's identity, ``None`` for an anonymous request when ``optional``.
+
+    ``introspector`` is the one ``startup`` made for ``config`` (``None``: it did not run).
+    """
     token = bearer_token(request)
     if token is None:
         if config.optional:
@@ -58,7 +61,6 @@ async def authenticate(request: web.BaseRequest, config: IntrospectionConfig,
     if not token.isascii() or not token.isprintable():
         # no token has such bytes (RFC 6750 b64token): refused without asking the IdP
         raise invalid_token("the token is malformed")
-    introspector = config.introspector
     if introspector is None:
         log.error("introspection not started", plugin=PLUGIN, request_id=request_id)
         raise ServiceUnavailable("the identity provider is unavailable; try again later")

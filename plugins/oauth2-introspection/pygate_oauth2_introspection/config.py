@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import re
-from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from pygate.config import Duration
+from pygate.plugin import Duration
 
 
 class IntrospectionConfig(BaseModel):
@@ -23,8 +22,6 @@ class IntrospectionConfig(BaseModel):
     token_type_hint: str | None = "access_token"
     cache_size: int = Field(default=10_000, ge=0)
     optional: bool = False
-
-    _introspector: Any = PrivateAttr(default=None)
 
     @field_validator("introspection_url")
     @classmethod
@@ -45,12 +42,3 @@ class IntrospectionConfig(BaseModel):
         """What makes two routes' settings share one introspection cache."""
         return (self.introspection_url, self.client_id, self.client_secret.get_secret_value(),
                 self.token_type_hint, self.ttl, self.timeout, self.cache_size)
-
-    @property
-    def introspector(self) -> Any:
-        """The :class:`~pygate_oauth2_introspection.introspect.Introspector` bound by
-        ``startup``, or ``None`` before it ran."""
-        return self._introspector
-
-    def bind(self, introspector: Any) -> None:
-        self._introspector = introspector

@@ -13,7 +13,7 @@ import base64
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -22,7 +22,7 @@ from urllib.parse import quote_plus
 import aiohttp
 from cachetools import TTLCache
 
-from pygate import Identity
+from pygate.plugin import Gateway, Identity
 
 from .config import IntrospectionConfig
 
@@ -221,32 +221,21 @@ class Introspector:
             raise IdpUnavailable("the introspection response is not JSON") from None
 
 
-# -- binding each config instance to this gateway's introspector ---------------
+# -- one introspector per distinct setting, in the gateway's state --------------
 
 
-def _plugin_configs(app: Any) -> Iterator[IntrospectionConfig]:
-    """Every ``oauth2-introspection`` config instance of the gateway (global, per route)."""
-    found = getattr(app, "plugin_configs", None)
-    for config in (found("oauth2-introspection") if found is not None else ()):
-        if isinstance(config, IntrospectionConfig):
-            yield config
-
-
-def attach(app: Any, config: Any = None) -> dict[tuple[object, ...], Introspector]:
-    """Give every config instance of ``app`` an introspector using ``app.client``;
-    instances with the same settings (routes that override nothing) share one cache."""
-    client = getattr(app, "client", None)
-    introspectors: dict[tuple[object, ...], Introspector] = {}
-    configs = list(_plugin_configs(app))
-    if isinstance(config, IntrospectionConfig) and all(config is not c for c in configs):
-        configs.append(config)
-    for item in configs:
-        key = item.cache_key()
-        introspector = introspectors.get(key)
+def prepare(gateway: Gateway) -> dict[int, Introspector]:
+    """An :class:`Introspector` (with ``gateway.client``) for every config of the plugin,
+    in ``gateway.state(SOURCE)`` keyed by ``id(config)``; configs with the same settings
+    (routes that override nothing) share one, and so one result cache."""
+    state = gateway.state(SOURCE)
+    made: dict[tuple[object, ...], Introspector] = {}
+    for config in gateway.configs(SOURCE):
+        if not isinstance(config, IntrospectionConfig):
+            continue
+        key = config.cache_key()
+        introspector = made.get(key)
         if introspector is None:
-            introspector = introspectors[key] = Introspector(item, client)
-        item.bind(introspector)
-    state = getattr(app, "state", None)
-    if isinstance(state, dict):
-        state[SOURCE] = introspectors
-    return introspectors
+            introspector = made[key] = Introspector(config, gateway.client)
+        state[id(config)] = introspector
+    return state

@@ -12,7 +12,7 @@ from typing import Any
 import pygate_oauth2_introspection
 from aiohttp import web
 
-from pygate import Context, UpstreamRequest, hookimpl
+from pygate.plugin import Context, UpstreamRequest, hookimpl
 
 CLIENT_ID = "pygate"
 CLIENT_SECRET = "s3cret:with-colon"

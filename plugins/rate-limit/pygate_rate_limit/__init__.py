@@ -4,28 +4,34 @@
 header; per route or global) in the memory or Redis store and refuses with 429;
 ``post_response`` puts ``RateLimit-Limit``, ``RateLimit-Remaining`` and
 ``RateLimit-Reset`` on the response. See README.md for every setting.
+
+The stores live in a :class:`~pygate_rate_limit.backends.Registry` per event
+loop, which ``startup`` takes with ``gateway.shared`` (a reloaded gateway keeps
+the counters) and keeps in ``gateway.state("rate-limit")``.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 from pydantic import BaseModel
 
-from pygate import Context, ServiceUnavailable, TooManyRequests, hookimpl
+from pygate.plugin import Context, Gateway, ServiceUnavailable, TooManyRequests, hookimpl
 
-from . import backends
 from .algorithms import Decision, decide
-from .backends import BackendError, key_part, limit_keys, metrics
+from .backends import BackendError, Registry, key_part, limit_keys, metrics
 from .config import RateLimitConfig
 
 __version__ = "0.1.0"
+
+NAME = "rate-limit"  # the entry point's name: the [plugins.rate-limit] table
 
 PRIORITY = 910
 
 STATE_KEY = "rate-limit"
 """``ctx.state[STATE_KEY]``: the :class:`Decision` of this request, for post_response."""
+
+REGISTRY = "registry"
+"""``gateway.state(NAME)[REGISTRY]``: the event loop's :class:`Registry` of stores."""
 
 
 @hookimpl
@@ -34,14 +40,8 @@ def config_schema() -> type[BaseModel]:
 
 
 @hookimpl
-def startup(app: Any) -> None:
-    app.state[STATE_KEY] = backends.acquire()
-
-
-@hookimpl
-async def shutdown(app: Any) -> None:
-    app.state.pop(STATE_KEY, None)
-    await backends.release()
+def startup(gateway: Gateway) -> None:
+    gateway.state(NAME)[REGISTRY] = gateway.shared(NAME, Registry)
 
 
 @hookimpl
@@ -49,15 +49,16 @@ async def admit(request: web.BaseRequest, ctx: Context) -> None:
     config: RateLimitConfig = ctx.config
     limits = config.effective_limits
     keys = limit_keys(config.key_prefix, subject(request, ctx, config), config.algorithm, limits)
-    store = backends.registry().store(config.backend, config.backend_timeout)
+    registry: Registry = ctx.gateway.state(NAME)[REGISTRY]
+    store = registry.store(config.backend, config.backend_timeout)
     try:
         outcomes = await store.check(keys, config.algorithm, limits)
     except BackendError as error:
-        backends.backend_failed(config.backend, error, config.on_backend_error)
+        registry.backend_failed(config.backend, error, config.on_backend_error)
         if config.on_backend_error == "deny":
             raise ServiceUnavailable("the rate-limit store is unavailable") from None
         return
-    backends.backend_ok(config.backend)
+    registry.backend_ok(config.backend)
     decision = decide(outcomes)
     ctx.state[STATE_KEY] = decision
     if decision.allowed:
@@ -107,13 +108,13 @@ def subject(request: web.BaseRequest, ctx: Context, config: RateLimitConfig) -> 
 
 
 __all__ = [
+    "NAME",
     "PRIORITY",
     "admit",
     "config_schema",
     "headers",
     "metrics",
     "post_response",
-    "shutdown",
     "startup",
     "subject",
 ]

@@ -13,8 +13,9 @@ refused request consumes nothing.
   ``{hash tag}``, so they sit in one Redis Cluster slot.
 
 Stores are created lazily, inside the running event loop, on the first request
-that needs them, and kept in a :class:`Registry` per event loop that the plugin's
-``startup``/``shutdown`` hooks hold open and close.
+that needs them, and kept in a :class:`Registry`: one per event loop, which the
+plugin's ``startup`` takes with ``gateway.shared`` (so the counters survive a
+reload) and keeps in ``gateway.state("rate-limit")``.
 """
 
 from __future__ import annotations
@@ -28,8 +29,6 @@ from typing import Any, Protocol, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import structlog
-
-from pygate.shared import PerLoop
 
 from .algorithms import (
     FIXED_WINDOW,
@@ -329,9 +328,10 @@ class RedisStore:
 class Registry:
     """The stores of one event loop, by backend URL, opened lazily on first use.
 
-    Every gateway running in the loop holds it (``startup``) and lets it go
-    (``shutdown``); the last one out closes the stores. So the memory counters
-    survive while a reloaded gateway takes over from the old one.
+    Every gateway running in the loop holds it (``gateway.shared`` in ``startup``)
+    and the core lets it go after ``shutdown``; the last one out closes the stores.
+    So the memory counters survive while a reloaded gateway takes over from the
+    old one.
     """
 
     def __init__(self) -> None:
@@ -345,6 +345,30 @@ class Registry:
             self.stores[(backend, timeout)] = found
         return found
 
+    def backend_failed(self, backend: str, error: BackendError, action: str) -> None:
+        """Count a failed check and log it (at most one line per backend every 10 s)."""
+        metrics["backend_errors"] += 1
+        failures = self.failures.setdefault(backend, Failures())
+        failures.count += 1
+        now = time.monotonic()
+        if failures.count > 1 and now - failures.last_log < Failures.INTERVAL_S:
+            failures.unlogged += 1
+            return
+        log.warning("rate-limit backend unavailable", plugin=PLUGIN, backend=redact(backend),
+                    error=str(error), on_backend_error=action,
+                    failures_since_last_log=failures.unlogged)
+        failures.last_log = now
+        failures.unlogged = 0
+
+    def backend_ok(self, backend: str) -> None:
+        """Note a successful check; log the recovery if the backend had been failing."""
+        if not self.failures:
+            return
+        failures = self.failures.pop(backend, None)
+        if failures is not None:
+            log.info("rate-limit backend recovered", plugin=PLUGIN, backend=redact(backend),
+                     failed_checks=failures.count)
+
     async def close(self) -> None:
         stores = list(self.stores.values())
         self.stores.clear()
@@ -354,12 +378,6 @@ class Registry:
             except Exception as exc:  # closing must not fail the gateway's shutdown
                 log.warning("rate-limit store close failed", plugin=PLUGIN,
                             error=f"{type(exc).__name__}: {exc}")
-
-
-_shared: PerLoop[Registry] = PerLoop(Registry)
-registry = _shared.get  # the running loop's registry (created on first use)
-acquire = _shared.acquire  # a gateway starts using it (startup)
-release = _shared.release  # a gateway stops; the last one closes the stores (shutdown)
 
 
 class Failures:
@@ -373,33 +391,6 @@ class Failures:
         self.last_log = 0.0
 
 
-def backend_failed(backend: str, error: BackendError, action: str) -> None:
-    """Count a failed check and log it (at most one line per backend every 10 s)."""
-    metrics["backend_errors"] += 1
-    failures = registry().failures.setdefault(backend, Failures())
-    failures.count += 1
-    now = time.monotonic()
-    if failures.count > 1 and now - failures.last_log < Failures.INTERVAL_S:
-        failures.unlogged += 1
-        return
-    log.warning("rate-limit backend unavailable", plugin=PLUGIN, backend=redact(backend),
-                error=str(error), on_backend_error=action,
-                failures_since_last_log=failures.unlogged)
-    failures.last_log = now
-    failures.unlogged = 0
-
-
-def backend_ok(backend: str) -> None:
-    """Note a successful check; log the recovery if the backend had been failing."""
-    reg = registry()
-    if not reg.failures:
-        return
-    failures = reg.failures.pop(backend, None)
-    if failures is not None:
-        log.info("rate-limit backend recovered", plugin=PLUGIN, backend=redact(backend),
-                 failed_checks=failures.count)
-
-
 __all__ = [
     "LUA",
     "BackendError",
@@ -407,12 +398,7 @@ __all__ = [
     "RedisStore",
     "Registry",
     "Store",
-    "acquire",
-    "backend_failed",
-    "backend_ok",
     "key_part",
     "limit_keys",
     "metrics",
-    "registry",
-    "release",
 ]

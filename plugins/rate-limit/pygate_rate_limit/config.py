@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from pygate.config import Backend, Duration
+from pygate.plugin import Backend, Duration
 
 from .algorithms import Limit
 

@@ -8,21 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import time
 import types
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pygate_rate_limit
 import pytest
-from click.testing import CliRunner
-from pygate_rate_limit import backends
-from pygate_rate_limit.backends import MemoryStore, RedisStore
+from pygate_rate_limit.backends import MemoryStore, RedisStore, Registry
 
-from pygate import Identity, hookimpl
-from pygate.app import build_gateway
-from pygate.cli import main
-from pygate.config import ConfigError, load_data
+from pygate.plugin import Identity, hookimpl
+from pygate.testing import start_gateway
 
 S = 1_000_000
 T0 = 1_700_000_040 * S  # the start of a minute (and of a second)
@@ -46,15 +46,17 @@ def backend(request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue("redis_server").url)
 
 
-def pin_clock(backend: str, clock: Clock, timeout: float = 0.25) -> None:
-    """Put a store reading ``clock`` in the running loop's registry, before first use."""
+def pin_clock(gateway: Any, backend: str, clock: Clock, timeout: float = 0.25) -> None:
+    """Put a store reading ``clock`` in the gateway's registry, before first use."""
     store: Any
     if backend == "memory":
         store = MemoryStore(clock)
     else:
         store = RedisStore(backend, timeout)
         store.clock = clock
-    backends.registry().stores[(backend, timeout)] = store
+    state = gateway.running.gateway.facade.state(pygate_rate_limit.NAME)
+    registry: Registry = state[pygate_rate_limit.REGISTRY]
+    registry.stores[(backend, timeout)] = store
 
 
 def auth_plugin() -> types.ModuleType:
@@ -98,13 +100,15 @@ def rate_headers(headers: Any) -> tuple[str, str, str]:
 
 
 def test_listed_by_pygate_plugins():
-    result = CliRunner().invoke(main, ["plugins"])
-    assert result.exit_code == 0, result.output
-    entry = next(e for e in json.loads(result.output) if e["name"] == "rate-limit")
+    command = Path(sys.executable).parent / "pygate"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYGATE_")}
+    done = subprocess.run([str(command), "plugins"], capture_output=True, text=True,
+                          timeout=60, env=env, check=False)
+    assert done.returncode == 0, done.stderr
+    entry = next(e for e in json.loads(done.stdout) if e["name"] == "rate-limit")
     assert entry["distribution"] == "pygate-rate-limit"
     assert entry["priority"] == 910
-    assert set(entry["hooks"]) == {"admit", "post_response", "startup", "shutdown",
-                                   "config_schema"}
+    assert set(entry["hooks"]) == {"admit", "post_response", "startup", "config_schema"}
 
 
 @pytest.mark.parametrize(("settings", "message"), [
@@ -120,28 +124,36 @@ def test_listed_by_pygate_plugins():
     ({"limits": [{"limit": 0, "window": "1s"}]}, "routes[0].plugins.rate-limit.limits[0].limit"),
     ({"limit": 5, "window": "soon"}, "routes[0].plugins.rate-limit.window: expected a duration"),
 ])
-def test_config_errors_carry_the_key_path(settings, message):
-    config = load_data({"routes": [{"name": "r", "path": "/", "upstream": "http://127.0.0.1:9",
-                                    "plugins": {"rate-limit": settings}}]})
-    with pytest.raises(ConfigError) as caught:
-        build_gateway(config, extra_plugins={"rate-limit": pygate_rate_limit})
-    assert message.replace("Value error, ", "") in caught.value.render()
+async def test_config_errors_carry_the_key_path(settings, message):
+    config = {"routes": [{"name": "r", "path": "/", "upstream": "http://127.0.0.1:9",
+                          "plugins": {"rate-limit": settings}}]}
+    # the gateway refuses to start: pygate's ConfigError lists every problem
+    with pytest.raises(Exception, match="configuration error") as caught:
+        await start_gateway(config, {"rate-limit": pygate_rate_limit})
+    assert message.replace("Value error, ", "") in str(caught.value)
 
 
-def test_route_settings_merge_over_the_global_table():
-    config = load_data({
+async def test_route_settings_merge_over_the_global_table():
+    config = {
         "plugins": {"rate-limit": {"limit": 100, "window": "1m", "key": "consumer"}},
         "routes": [{"name": "a", "path": "/a", "upstream": "http://127.0.0.1:9",
                     "plugins": {"rate-limit": {"limit": 5, "algorithm": "token-bucket"}}},
                    {"name": "b", "path": "/b", "upstream": "http://127.0.0.1:9",
-                    "plugins": {"rate-limit": False}}]})
-    gateway = build_gateway(config, extra_plugins={"rate-limit": pygate_rate_limit})
-    chains = {r.name: r.payload.chain for r in gateway.router.routes}
-    merged = chains["a"].configs["rate-limit"]
+                    "plugins": {"rate-limit": False}}]}
+    gateway = await start_gateway(config, {"rate-limit": pygate_rate_limit})
+    try:
+        # what the plugin gets: the global table's config, then route a's merged one
+        table, merged = gateway.running.gateway.facade.configs(pygate_rate_limit.NAME)
+        _, on_a, _ = await gateway.request("GET", "/a")  # 502 (nothing listens), counted
+        _, on_b, _ = await gateway.request("GET", "/b")
+    finally:
+        await gateway.close()
+    assert (table.limit, table.window, table.algorithm) == (100, 60.0, "sliding-window")
     assert (merged.limit, merged.window, merged.key, merged.algorithm) == (
         5, 60.0, "consumer", "token-bucket")
     assert [(x.limit, x.window_ms) for x in merged.effective_limits] == [(5, 60_000)]
-    assert chains["b"].plugins == ()
+    assert on_a["RateLimit-Limit"] == "5"
+    assert "RateLimit-Limit" not in on_b  # turned off on route b
 
 
 # ---------------------------------------------------------------------------
@@ -155,7 +167,7 @@ async def test_headers_retry_after_and_the_problem_document(pygate_gateway, fake
     gateway = await start(pygate_gateway, upstream.url, {
         "limit": 3, "window": "1m", "algorithm": "fixed-window", "backend": backend})
     clock = Clock(T0 + 15_200_000)  # 15.2 s into the minute: 44.8 s left -> 45
-    pin_clock(backend, clock)
+    pin_clock(gateway, backend, clock)
     seen = []
     for _ in range(3):
         status, headers, _ = await gateway.request("GET", "/x")
@@ -183,7 +195,7 @@ async def test_several_limits_at_once(pygate_gateway, fake_upstream, backend):
         "limits": [{"limit": 2, "window": "1s"}, {"limit": 3, "window": "1m"}],
         "algorithm": "fixed-window", "backend": backend})
     clock = Clock()
-    pin_clock(backend, clock)
+    pin_clock(gateway, backend, clock)
     status, headers, _ = await gateway.request("GET", "/")
     assert (status, rate_headers(headers)) == (200, ("2", "1", "1"))
     assert await statuses(gateway, "/", 4) == [200, 429, 429, 429]
@@ -204,7 +216,7 @@ async def test_sliding_window_weights_the_previous_window(pygate_gateway, fake_u
     gateway = await start(pygate_gateway, upstream.url, {
         "limit": 10, "window": "1m", "backend": backend})  # sliding-window by default
     clock = Clock()
-    pin_clock(backend, clock)
+    pin_clock(gateway, backend, clock)
     assert (await statuses(gateway, "/", 11)).count(200) == 10
     clock.advance(90)  # half-way into the next minute: the previous 10 weigh 5
     assert (await statuses(gateway, "/", 7)).count(200) == 5
@@ -218,7 +230,7 @@ async def test_token_bucket_refills_gradually(pygate_gateway, fake_upstream, bac
     gateway = await start(pygate_gateway, upstream.url, {
         "limit": 4, "window": "1s", "algorithm": "token-bucket", "backend": backend})
     clock = Clock()
-    pin_clock(backend, clock)
+    pin_clock(gateway, backend, clock)
     assert await statuses(gateway, "/", 5) == [200, 200, 200, 200, 429]
     clock.advance(0.25)
     status, headers, _ = await gateway.request("GET", "/")
@@ -244,7 +256,7 @@ async def test_reset_and_retry_after_stay_within_the_window(pygate_gateway, fake
     upstream = await fake_upstream()
     gateway = await start(pygate_gateway, upstream.url, {
         "limit": 5, "window": "1h", "algorithm": algorithm, "backend": backend})
-    pin_clock(backend, Clock(HOUR_START + 476 * S))
+    pin_clock(gateway, backend, Clock(HOUR_START + 476 * S))
     status, headers, _ = await gateway.request("GET", "/")
     assert (status, rate_headers(headers)) == (200, ("5", "4", reset))
     assert await statuses(gateway, "/", 4) == [200] * 4
