@@ -10,6 +10,7 @@ bound (plugin loading, plugin config validation, route compilation), raising a
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,7 @@ import structlog
 from .chain import EMPTY_CHAIN, Chain
 from .config import Config, ConfigError, UpstreamConfig, is_url
 from .kinds import Build, Handler, kind_of
+from .plugin import Gateway as PluginGateway
 from .plugins import ChainBuilder, PluginSet, enabled_plugins, load_plugins
 from .plugins import route_settings as merge_route_settings
 from .router import Route, Router
@@ -60,8 +62,6 @@ class Gateway:
         # Called when a drain starts (SIGTERM): long-lived exchanges close politely.
         self.on_drain: list[Callable[[], Awaitable[None]]] = []
         self._started: list[str] = []
-        from .plugin import Gateway as PluginGateway  # the plugins' module, which types us
-
         # This gateway as plugins see it: handed to startup/shutdown, and set on every
         # request as ``ctx.gateway`` (pygate.plugin is the whole plugin API).
         self.facade = PluginGateway(self, plugins.info)
@@ -119,8 +119,6 @@ class Gateway:
     def _warn_app_argument(plugin: str, hook: str, function: Any) -> None:
         """A DeprecationWarning pointing at the plugin's hook, and a log line for operators
         (Python hides DeprecationWarnings outside ``__main__`` and tests)."""
-        import warnings
-
         message = (f"plugin {plugin!r}: the 'app' argument of {hook}() is deprecated since "
                    f"pygate plugin API 1.0 and goes in 2.0; name it 'gateway' (a "
                    f"pygate.plugin.Gateway: configs(), client, state(), shared())")
