@@ -25,9 +25,13 @@ class GatewayError(Exception):
     :param detail: a human-readable explanation for the client (no secrets, no addresses).
     :param headers: extra response headers (``WWW-Authenticate``, ``Retry-After``...).
     :param extra: extra members of the problem document (``errors``...).
+    :param close: close the connection after the answer (nothing more of it can be
+        read safely: a body whose framing is in doubt, a stream the parser switched
+        to another protocol).
     """
 
     status: int = 500
+    close: bool = False
 
     def __init__(
         self,
@@ -36,9 +40,12 @@ class GatewayError(Exception):
         status: int | None = None,
         headers: Mapping[str, str] | None = None,
         extra: Mapping[str, Any] | None = None,
+        close: bool | None = None,
     ) -> None:
         if status is not None:
             self.status = status
+        if close is not None:
+            self.close = close
         super().__init__(detail or HTTPStatus(self.status).phrase)
         self.detail = detail or HTTPStatus(self.status).description
         self.headers = dict(headers or {})
@@ -52,6 +59,8 @@ class BadRequest(GatewayError):
 class BadFraming(BadRequest):
     """A request whose body framing is in doubt (a smuggling shape): 400, and nothing
     more is read from its connection."""
+
+    close = True
 
 
 class Unauthorized(GatewayError):

@@ -119,8 +119,10 @@ class Pipeline:
                     ctx.status = response.status
             # Never let the server library announce itself (a plugin may remove upstream's).
             response.headers.setdefault("Server", "pygate")
-            if close or self.draining:
-                response.force_close()  # during a drain: Connection: close
+            # during a drain: Connection: close; after an upgrade not taken (the parser
+            # reads no more HTTP on this connection), too
+            if close or self.draining or (request.message.upgrade and response.status != 101):
+                response.force_close()
             await self._send(request, response, stream, ctx)
             if chain.log:
                 chain.schedule_log(ctx, self.record(ctx, request, response), self._loop,
@@ -156,6 +158,8 @@ class Pipeline:
         if "Content-Length" in headers or "Transfer-Encoding" in headers:
             check_framing(headers)
         check_headers(headers, reject_underscores=gw.reject_underscores)
+        if request.message.upgrade:
+            check_upgrade(request)
         path, encoded, query = normalize_path(request.raw_path)
         ctx.path = path
         match = gw.router.match(request.method, path, host_of(headers), headers)
@@ -196,7 +200,7 @@ class Pipeline:
             exc, close = fault, True
         ctx.error = exc.detail
         # a body whose framing is in doubt, or too large: read nothing more of it
-        close = close or isinstance(exc, BadFraming) or exc.status in (413, 499)
+        close = close or exc.close or exc.status in (413, 499)
         return from_error(exc, request_id=ctx.request_id, route=route), close
 
     async def _send(self, request: web.BaseRequest, response: web.StreamResponse,
@@ -250,6 +254,32 @@ class Pipeline:
         """Let scheduled log hooks finish (before the gateway's plugins shut down)."""
         if self._log_tasks:
             await asyncio.wait(list(self._log_tasks), timeout=5)
+
+
+def check_upgrade(request: web.BaseRequest) -> None:
+    """A request the HTTP parser took as a switch of protocol (``CONNECT``, or
+    ``Connection: upgrade`` with ``Upgrade``): from its head on, the parser reads
+    nothing more of the connection as HTTP.
+
+    A WebSocket upgrade goes on (the proxy's WebSocket path). ``CONNECT`` (a
+    tunnel: a forward proxy's business, not a gateway's) is 405; a body sent
+    with any other upgrade cannot be read, so such a request is 400. Both close
+    the connection; an upgrade without a body is answered over HTTP/1.1 (as to
+    ``Upgrade: h2c``), and its connection then closes too.
+
+    :raise GatewayError: 405 for ``CONNECT``; 400 for a body with an upgrade.
+    """
+    if request.method == "CONNECT":
+        raise MethodNotAllowed("CONNECT is not supported: pygate is not a forward proxy",
+                               headers={"Allow": "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"},
+                               close=True)
+    from .upstream.websocket import is_upgrade
+
+    if is_upgrade(request):
+        return
+    headers = request.headers
+    if headers.get("Content-Length", "0") != "0" or "Transfer-Encoding" in headers:
+        raise BadFraming("a request body cannot come with a protocol upgrade")
 
 
 def no_route(request: web.BaseRequest, match: Match) -> GatewayError:

@@ -190,6 +190,10 @@ def make_server(handler: Handler, *, header_timeout: float = 10.0,
         header_timeout=header_timeout,
         on_refused=on_refused,
         access_log=None,
+        # A proxy forwards bodies as they came: decompressing one (aiohttp's default for
+        # Content-Encoding: gzip/deflate/br) would send the upstream other bytes than its
+        # Content-Length says, and what followed them would be read as the next request.
+        auto_decompress=False,
         max_line_size=MAX_LINE,
         max_field_size=MAX_FIELD,
         keepalive_timeout=keepalive_timeout,

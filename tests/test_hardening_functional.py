@@ -395,3 +395,73 @@ async def test_plugin_cannot_inject_bytes_into_the_upstream_request(
         finally:
             await gw.close()
     assert up.connections == 0 and received == b""  # never a byte on the wire
+
+
+# ---------------------------------------------------------------------------
+# Compressed request bodies go through as they came
+# ---------------------------------------------------------------------------
+
+
+async def test_compressed_request_body_is_forwarded_byte_for_byte(
+        gateway_process: GatewayFactory, raw_upstream: Any) -> None:
+    """A gzip body that decompresses into a whole second request: were the gateway to
+    decompress it, the upstream would read more bytes than the Content-Length it was
+    sent, and the hidden request after them as the next one on the pooled connection."""
+    import gzip
+    import zlib
+
+    received = bytearray()
+
+    async def record(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            received.extend(head + await reader.readexactly(length))
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+
+    up = await raw_upstream(record)
+    gw = await gateway_process(config(up.url))
+    hidden = b"x" * 32 + b"GET /admin HTTP/1.1\r\nHost: internal\r\n\r\n"
+    for body in (gzip.compress(hidden), zlib.compress(hidden), b"\x1f\x8b not gzip at all"):
+        encoding = "deflate" if body[:1] == b"x" else "gzip"
+        exchange = await raw_exchange(gw.port, raw(
+            "POST", "/api/upload", f"Content-Encoding: {encoding}",
+            f"Content-Length: {len(body)}", body=body))
+        assert [r.status for r in exchange.responses] == [200]
+        assert received.endswith(body), "the upstream got other bytes than the client sent"
+        assert f"Content-Encoding: {encoding}".encode() in received
+    assert b"/admin" not in received
+    assert up.connections == 1  # every request on the one pooled connection, in step
+    assert_no_traceback(gw)
+
+
+async def test_connect_and_upgrades_the_gateway_does_not_take(
+        gateway_process: GatewayFactory, upstream: UpstreamFactory) -> None:
+    """The HTTP parser reads no more HTTP after CONNECT or an Upgrade: what follows on the
+    connection must never be forwarded as a body or as a request of its own."""
+    up = await upstream(echo)
+    gw = await gateway_process(config(up.url))
+    second = b"GET /api/second HTTP/1.1\r\nHost: gw\r\n\r\n"
+
+    exchange = await raw_exchange(gw.port, b"CONNECT /api/x HTTP/1.1\r\nHost: gw\r\n\r\n"
+                                  + second)
+    [response] = exchange.responses
+    assert response.status == 405 and exchange.closed
+    assert "CONNECT" in problem(response.body)["detail"]
+
+    exchange = await raw_exchange(gw.port, raw("POST", "/api/x", "Connection: upgrade",
+                                               "Upgrade: foo", "Content-Length: 5",
+                                               body=b"hello"))
+    [response] = exchange.responses
+    assert response.status == 400 and exchange.closed
+    assert up.seen == []
+
+    # an upgrade without a body (curl's h2c attempt) is answered over HTTP/1.1, then closed
+    h2c = (b"GET /api/x HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+           b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n")
+    exchange = await raw_exchange(gw.port, h2c + second)
+    [response] = exchange.responses
+    assert response.status == 200 and exchange.closed
+    assert [seen.path for seen in up.seen] == ["/api/x"]
+    assert_no_traceback(gw)

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from pygate.testing import free_port
 from pygate.upstream.client import (
+    BodyLengthMismatch,
     ConnectError,
     ConnectTimeout,
     Disconnected,
@@ -304,17 +305,68 @@ def test_head_refuses_injection(method: str, target: str, headers: list[tuple[st
 
 
 def test_head_keeps_what_clients_may_send() -> None:
-    head, _ = build_head("GET", "/p?q={a}|\"x\"", [("X-Tab", "a\tb"), ("X-Utf8", "café"),
+    head, _, _ = build_head("GET", "/p?q={a}|\"x\"", [("X-Tab", "a\tb"), ("X-Utf8", "café"),
                                                       ("X-Raw", "\udcff")], "h", 80, None)
     assert head.startswith(b"GET /p?q={a}|\"x\" HTTP/1.1\r\n")
     assert b"X-Tab: a\tb\r\n" in head and "café".encode() in head and b"X-Raw: \xff" in head
 
 
+async def _stream(*chunks: bytes) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield chunk
+
+
+def test_streamed_body_keeps_exactly_one_numeric_length() -> None:
+    head, chunked, length = build_head("POST", "/p", [("Content-Length", "5")], "h", 80,
+                                       _stream(b"hello"))
+    assert (chunked, length) == (False, 5) and head.count(b"Content-Length") == 1
+    head, chunked, length = build_head("POST", "/p", [], "h", 80, _stream(b"x"))
+    assert chunked and length is None and b"Transfer-Encoding: chunked\r\n" in head
+    for lengths in (["5", "5"], ["5", "6"], ["+5"], ["0x5"], ["5 "]):
+        with pytest.raises(InvalidHead, match="Content-Length"):
+            build_head("POST", "/p", [("Content-Length", v) for v in lengths], "h", 80,
+                       _stream(b"hello"))
+
+
+@pytest.mark.parametrize("chunks", [(b"hello", b" and more"), (b"hel",)])
+async def test_streamed_body_that_misses_its_length_is_never_misread(
+        chunks: tuple[bytes, ...]) -> None:
+    """Bytes past (or short of) the Content-Length already sent would be read by the
+    upstream as (part of) the next request: the connection is dropped instead."""
+    received = bytearray()
+    done = asyncio.Event()
+
+    async def upstream_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                received.extend(data)
+        finally:
+            done.set()
+            writer.close()
+
+    server = await asyncio.start_server(upstream_conn, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    p = Pool("http", "127.0.0.1", port, limit=4, connect_timeout=2, read_timeout=2)
+    try:
+        with pytest.raises(BodyLengthMismatch):
+            await p.request("POST", "/p", [("Content-Length", "5")], _stream(*chunks))
+        await asyncio.wait_for(done.wait(), 2)
+        _, _, body = bytes(received).partition(b"\r\n\r\n")
+        assert len(body) <= 5 and b"more" not in body
+        assert p.size == 0  # nothing left to reuse
+    finally:
+        await p.close()
+        server.close()
+        await server.wait_closed()
+
+
 def test_head_refuses_header_injection() -> None:
     with pytest.raises(ValueError):
         build_head("GET", "/", [("X-A", "ok\r\nX-Injected: 1")], "h", 80, None)
-    head, chunked = build_head("POST", "/p", [("Content-Length", "99")], "h", 8080, b"abc")
+    head, chunked, length = build_head("POST", "/p", [("Content-Length", "99")], "h", 8080,
+                                       b"abc")
     assert b"Content-Length: 3\r\n" in head and b"99" not in head and not chunked
+    assert length is None
     assert head.startswith(b"POST /p HTTP/1.1\r\n") and b"Host: h:8080\r\n" in head
 
 

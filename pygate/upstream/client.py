@@ -28,6 +28,7 @@ import httptools
 from multidict import CIMultiDict
 
 from .response import (
+    BodyLengthMismatch,
     ConnectError,
     ConnectTimeout,
     Disconnected,
@@ -38,6 +39,7 @@ from .response import (
 )
 
 __all__ = [
+    "BodyLengthMismatch",
     "ConnectError",
     "ConnectTimeout",
     "Connection",
@@ -193,7 +195,8 @@ class Connection(asyncio.Protocol):
         self._abort()
 
     def start(self, head: bytes, body: bytes | AsyncIterator[bytes] | None, *,
-              chunked: bool, head_only: bool) -> asyncio.Future[UpstreamResponse]:
+              chunked: bool, head_only: bool, length: int | None = None
+              ) -> asyncio.Future[UpstreamResponse]:
         """Write a request; the future resolves to its response once the head has arrived.
 
         A streamed body is written by a task of its own (``self.writer``), so that
@@ -215,7 +218,7 @@ class Connection(asyncio.Protocol):
             transport.write(head + body)
         else:
             transport.write(head)
-            self.writer = self.loop.create_task(self._write_body(body, chunked))
+            self.writer = self.loop.create_task(self._write_body(body, chunked, length))
         return waiter
 
     def cancel_writer(self) -> None:
@@ -223,9 +226,17 @@ class Connection(asyncio.Protocol):
             self.writer.cancel()
         self.writer = None
 
-    async def _write_body(self, body: AsyncIterator[bytes], chunked: bool) -> None:
+    async def _write_body(self, body: AsyncIterator[bytes], chunked: bool,
+                          length: int | None) -> None:
+        """Write a streamed body: chunked, or exactly ``length`` bytes.
+
+        A body that runs past or short of the Content-Length already sent would
+        leave the upstream reading the next request from the wrong place: the
+        connection is dropped instead (:class:`BodyLengthMismatch`).
+        """
         transport = self.transport
         assert transport is not None
+        written = 0
         try:
             async for chunk in body:
                 if not chunk:
@@ -233,11 +244,16 @@ class Connection(asyncio.Protocol):
                 if chunked:
                     transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
                 else:
+                    written += len(chunk)
+                    if length is not None and written > length:
+                        raise BodyLengthMismatch()
                     transport.write(chunk)
                 if self._writing_paused is not None:
                     await self._writing_paused
             if chunked:
                 transport.write(b"0\r\n\r\n")
+            elif length is not None and written != length:
+                raise BodyLengthMismatch()
         except BaseException as exc:
             # the request can't be completed: the connection is unusable
             head = self._head
@@ -404,14 +420,16 @@ class Pool:
         the response arrived is replaced once by a new one, when the request can
         be sent again (an idempotent method, no streamed body).
         """
-        head, chunked = build_head(method, target, headers, self.host, self.port, body)
+        head, chunked, length = build_head(method, target, headers, self.host, self.port,
+                                           body)
         head_only = method == "HEAD"
         while True:
             conn = self.idle_connection()  # the common case, without a coroutine
             reused = conn is not None
             if conn is None:
                 conn, reused = await self.acquire()
-            waiter = conn.start(head, body, chunked=chunked, head_only=head_only)
+            waiter = conn.start(head, body, chunked=chunked, length=length,
+                                head_only=head_only)
             timer = self.loop.call_later(self.read_timeout, conn._read_timed_out, waiter)
             try:
                 return await waiter
@@ -477,22 +495,29 @@ def head_problem(method: str, target: str, headers: Iterable[tuple[str, str]]) -
 
 
 def build_head(method: str, target: str, headers: Iterable[tuple[str, str]], host: str,
-               port: int, body: bytes | AsyncIterator[bytes] | None) -> tuple[bytes, bool]:
-    """The request head (request line and headers) and whether the body is chunked.
+               port: int, body: bytes | AsyncIterator[bytes] | None
+               ) -> tuple[bytes, bool, int | None]:
+    """The request head, whether a streamed body goes chunked, and else its length.
+
+    A body in bytes gets its own Content-Length; a streamed body keeps the one
+    given in ``headers`` (exactly one, digits only), which the writer then
+    holds it to (:meth:`Connection.start`), or goes chunked without one.
 
     :raise InvalidHead: the method, target or a header would inject bytes
-        (:func:`head_problem`); nothing is written then.
+        (:func:`head_problem`), or a streamed body's Content-Length is not one
+        number; nothing is written then.
     """
     sent: list[tuple[str, str]] = []
-    has_host = has_length = False
+    has_host = False
+    lengths: list[str] = []
     for name, value in headers:
         lower = name.lower()
         if lower == "host":
             has_host = True
         elif lower == "content-length":
-            if isinstance(body, bytes) or body is None:
-                continue  # recomputed below from what is really sent
-            has_length = True
+            if not (isinstance(body, bytes) or body is None):
+                lengths.append(value)
+            continue  # written below: recomputed for bytes, checked for a stream
         elif lower == "transfer-encoding":
             continue
         sent.append((name, value))
@@ -504,12 +529,18 @@ def build_head(method: str, target: str, headers: Iterable[tuple[str, str]], hos
     if not has_host:
         lines.append(f"Host: {host}:{port}" if port not in (80, 443) else f"Host: {host}")
     chunked = False
+    length: int | None = None
     if isinstance(body, bytes):
         lines.append(f"Content-Length: {len(body)}")
-    elif body is not None and not has_length:
+    elif body is not None and lengths:
+        if len(lengths) > 1 or not (lengths[0].isascii() and lengths[0].isdigit()):
+            raise InvalidHead("a streamed body needs exactly one numeric Content-Length")
+        length = int(lengths[0])
+        lines.append(f"Content-Length: {length}")
+    elif body is not None:
         lines.append("Transfer-Encoding: chunked")
         chunked = True
-    elif body is None and method in ("POST", "PUT", "PATCH"):
+    elif method in ("POST", "PUT", "PATCH"):
         lines.append("Content-Length: 0")
     lines.append("\r\n")
-    return "\r\n".join(lines).encode("utf-8", "surrogateescape"), chunked
+    return "\r\n".join(lines).encode("utf-8", "surrogateescape"), chunked, length

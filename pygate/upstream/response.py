@@ -46,6 +46,13 @@ class ProtocolError(UpstreamError):
     reason = "sent a malformed response"
 
 
+class BodyLengthMismatch(UpstreamError):
+    """A streamed request body ran past or short of the Content-Length sent for it:
+    the connection was dropped before the upstream could misread what followed."""
+
+    reason = "was sent a request body that did not match its Content-Length"
+
+
 class UpstreamResponse:
     """A response whose head has arrived; the body is read with :meth:`read` or ``async for``."""
 
