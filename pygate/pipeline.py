@@ -121,7 +121,8 @@ class Pipeline:
             response.headers.setdefault("Server", "pygate")
             # during a drain: Connection: close; after an upgrade not taken (the parser
             # reads no more HTTP on this connection), too
-            if close or self.draining or (request.message.upgrade and response.status != 101):
+            if close or self.draining or (response.status != 101 and (
+                    "Upgrade" in request.headers or request.method == "CONNECT")):
                 response.force_close()
             await self._send(request, response, stream, ctx)
             if chain.log:
@@ -158,7 +159,7 @@ class Pipeline:
         if "Content-Length" in headers or "Transfer-Encoding" in headers:
             check_framing(headers)
         check_headers(headers, reject_underscores=gw.reject_underscores)
-        if request.message.upgrade:
+        if "Upgrade" in headers or request.method == "CONNECT":
             check_upgrade(request)
         path, encoded, query = normalize_path(request.raw_path)
         ctx.path = path
@@ -261,7 +262,8 @@ def check_upgrade(request: web.BaseRequest) -> None:
     ``Connection: upgrade`` with ``Upgrade``): from its head on, the parser reads
     nothing more of the connection as HTTP.
 
-    A WebSocket upgrade goes on (the proxy's WebSocket path). ``CONNECT`` (a
+    Called for every request with an ``Upgrade`` header or ``CONNECT``. A
+    WebSocket upgrade goes on (the proxy's WebSocket path). ``CONNECT`` (a
     tunnel: a forward proxy's business, not a gateway's) is 405; a body sent
     with any other upgrade cannot be read, so such a request is 400. Both close
     the connection; an upgrade without a body is answered over HTTP/1.1 (as to
