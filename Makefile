@@ -8,7 +8,7 @@ PLUGINS := $(sort $(wildcard plugins/*/pyproject.toml))
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?= -n 2
 
-.PHONY: serve test install lint redis-server clean
+.PHONY: serve test install lint redis-server clean fuzz
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ test: $(STAMP) redis-server
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy pygate
+
+# The HTTP fuzzer of tests/test_fuzz_functional.py, run long with a fresh seed
+# (benchmarks/README.md, "Fuzzing"); FUZZ_ARGS="--requests 5000 --seed 1" for others.
+fuzz: $(STAMP)
+	$(BIN)/python benchmarks/fuzz_http.py --requests 100000 $(FUZZ_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

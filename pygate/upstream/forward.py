@@ -75,8 +75,24 @@ class BodyLimit:
         self.exceeded = False
 
     async def chunks(self) -> AsyncIterator[bytes]:
+        """The body as it arrives; a client that breaks it off is a client's error.
+
+        :raise GatewayError: 413 past ``limit``; 400 for a body whose framing
+            breaks mid-stream; 499 when the client's connection ends before its
+            body does (aiohttp then raises whatever it has: a reset, or a plain
+            ``RuntimeError``), so that the upstream is never blamed for it.
+        """
         total = 0
-        async for chunk in self.reader.iter_any():
+        chunks = self.reader.iter_any().__aiter__()
+        while True:
+            try:
+                chunk = await chunks.__anext__()
+            except StopAsyncIteration:
+                return
+            except HttpProcessingError as exc:
+                raise BadRequest("malformed request body", close=True) from exc
+            except Exception as exc:
+                raise GatewayError("the client closed the connection", status=499) from exc
             total += len(chunk)
             self.ctx.bytes_in = total
             if total > self.limit:

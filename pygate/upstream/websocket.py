@@ -162,7 +162,13 @@ async def connect(
     sockets = open_sockets(gateway)
     if sockets.draining:
         raise ServiceUnavailable("the gateway is shutting down")
-    if not valid_key(request.headers.get("Sec-WebSocket-Key", "")) or \
+    version = request.headers.get("Sec-WebSocket-Version")
+    if version is not None and version.strip() != "13":
+        # refused before aiohttp's handshake (which fails on a non-ASCII version); the
+        # refusal names the version spoken, as RFC 6455 section 4.4 asks
+        raise BadRequest("malformed WebSocket handshake: the gateway speaks version 13",
+                         headers={"Sec-WebSocket-Version": "13"})
+    if version is None or not valid_key(request.headers.get("Sec-WebSocket-Key", "")) or \
             not web.WebSocketResponse().can_prepare(request):
         raise BadRequest("malformed WebSocket handshake")
     session = gateway.client  # the gateway's one aiohttp session (no cookie jar)
