@@ -25,7 +25,6 @@ from .app import Gateway, RoutePlan
 from .chain import Chain, PluginFailure
 from .context import Context, RouteInfo
 from .errors import (
-    BadFraming,
     BadRequest,
     GatewayError,
     MethodNotAllowed,
@@ -119,10 +118,10 @@ class Pipeline:
                     ctx.status = response.status
             # Never let the server library announce itself (a plugin may remove upstream's).
             response.headers.setdefault("Server", "pygate")
-            # during a drain: Connection: close; after an upgrade not taken (the parser
-            # reads no more HTTP on this connection), too
-            if close or self.draining or (response.status != 101 and (
-                    "Upgrade" in request.headers or request.method == "CONNECT")):
+            # during a drain: Connection: close; after a protocol switch the parser took
+            # but the gateway did not (a refused WebSocket upgrade), too
+            if close or self.draining or (response.status != 101 and "Upgrade" in request.headers
+                                          and switches_protocol(request)):
                 response.force_close()
             await self._send(request, response, stream, ctx)
             if chain.log:
@@ -159,8 +158,10 @@ class Pipeline:
         if "Content-Length" in headers or "Transfer-Encoding" in headers:
             check_framing(headers)
         check_headers(headers, reject_underscores=gw.reject_underscores)
-        if "Upgrade" in headers or request.method == "CONNECT":
-            check_upgrade(request)
+        if request.method == "CONNECT":  # a tunnel: a forward proxy's business, not ours
+            raise MethodNotAllowed(
+                "CONNECT is not supported: pygate is not a forward proxy", close=True,
+                headers={"Allow": "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"})
         path, encoded, query = normalize_path(request.raw_path)
         ctx.path = path
         match = gw.router.match(request.method, path, host_of(headers), headers)
@@ -257,31 +258,21 @@ class Pipeline:
             await asyncio.wait(list(self._log_tasks), timeout=5)
 
 
-def check_upgrade(request: web.BaseRequest) -> None:
-    """A request the HTTP parser took as a switch of protocol (``CONNECT``, or
-    ``Connection: upgrade`` with ``Upgrade``): from its head on, the parser reads
-    nothing more of the connection as HTTP.
+def switches_protocol(request: web.BaseRequest) -> bool:
+    """Whether the HTTP parser reads no more HTTP on this connection after this request.
 
-    Called for every request with an ``Upgrade`` header or ``CONNECT``. A
-    WebSocket upgrade goes on (the proxy's WebSocket path). ``CONNECT`` (a
-    tunnel: a forward proxy's business, not a gateway's) is 405; a body sent
-    with any other upgrade cannot be read, so such a request is 400. Both close
-    the connection; an upgrade without a body is answered over HTTP/1.1 (as to
-    ``Upgrade: h2c``), and its connection then closes too.
-
-    :raise GatewayError: 405 for ``CONNECT``; 400 for a body with an upgrade.
+    aiohttp's parser (llhttp) switches after ``CONNECT`` and after a request with
+    ``Upgrade: websocket`` (or ``tcp``) and ``Connection: upgrade``, once its body is
+    in; every other ``Upgrade`` (``h2c``...) is a hop-by-hop header and the
+    connection stays HTTP.
     """
     if request.method == "CONNECT":
-        raise MethodNotAllowed("CONNECT is not supported: pygate is not a forward proxy",
-                               headers={"Allow": "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"},
-                               close=True)
-    from .upstream.websocket import is_upgrade
-
-    if is_upgrade(request):
-        return
+        return True
     headers = request.headers
-    if headers.get("Content-Length", "0") != "0" or "Transfer-Encoding" in headers:
-        raise BadFraming("a request body cannot come with a protocol upgrade")
+    protocol = headers.get("Upgrade", "")
+    return (protocol.isascii() and protocol.strip().lower() in ("websocket", "tcp")
+            and any(token.strip().lower() == "upgrade"
+                    for value in headers.getall("Connection", ()) for token in value.split(",")))
 
 
 def no_route(request: web.BaseRequest, match: Match) -> GatewayError:

@@ -450,18 +450,21 @@ async def test_connect_and_upgrades_the_gateway_does_not_take(
     assert response.status == 405 and exchange.closed
     assert "CONNECT" in problem(response.body)["detail"]
 
+    # a WebSocket upgrade the gateway does not take (not a GET): the parser reads no
+    # more HTTP after it, so the connection closes after the answer
     exchange = await raw_exchange(gw.port, raw("POST", "/api/x", "Connection: upgrade",
-                                               "Upgrade: foo", "Content-Length: 5",
-                                               body=b"hello"))
-    [response] = exchange.responses
-    assert response.status == 400 and exchange.closed
-    assert up.seen == []
-
-    # an upgrade without a body (curl's h2c attempt) is answered over HTTP/1.1, then closed
-    h2c = (b"GET /api/x HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade, HTTP2-Settings\r\n"
-           b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n")
-    exchange = await raw_exchange(gw.port, h2c + second)
+                                               "Upgrade: websocket", "Content-Length: 5",
+                                               body=b"hello").replace(
+                                                   b"Connection: close\r\n", b"") + second)
     [response] = exchange.responses
     assert response.status == 200 and exchange.closed
+    assert json.loads(response.body)["body_size"] == 5
     assert [seen.path for seen in up.seen] == ["/api/x"]
+
+    # any other Upgrade (curl's h2c attempt) is hop-by-hop: the connection stays HTTP
+    h2c = (b"GET /api/y HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+           b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n")
+    exchange = await raw_exchange(gw.port, h2c, second, pause=0.3)
+    assert [r.status for r in exchange.responses] == [200, 200]
+    assert [seen.path for seen in up.seen] == ["/api/x", "/api/y", "/api/second"]
     assert_no_traceback(gw)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import re
+import sys
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from multidict import CIMultiDict
 
 from pygate.config import RouteConfig
@@ -19,6 +24,13 @@ def route(name: str, path: str, **extra: Any) -> RouteConfig:
 def match(router: Router, path: str, method: str = "GET", host: str = "",
           headers: dict[str, str] | None = None) -> Match:
     return router.match(method, path, host, CIMultiDict(headers or {}))
+
+
+def status(found: Match) -> int:
+    """What the pipeline answers for ``found``: a route (200 here), 405 or 404."""
+    if found.route is not None:
+        return 200
+    return 405 if found.allowed else 404
 
 
 def matched(router: Router, path: str, **kwargs: Any) -> str | None:
@@ -169,13 +181,13 @@ def test_method_mismatch_is_405_with_allowed_methods() -> None:
         route("other", "/api/orders"),
     ])
     ok = match(router, "/api/users", method="PUT")
-    assert ok.status == 200 and ok.route is not None and ok.route.name == "write"
+    assert status(ok) == 200 and ok.route is not None and ok.route.name == "write"
     refused = match(router, "/api/users/7", method="DELETE")
     assert refused.route is None
-    assert refused.status == 405
+    assert status(refused) == 405
     assert refused.allowed == frozenset({"GET", "POST", "PUT"})
     missing = match(router, "/api/nothing", method="DELETE")
-    assert missing.status == 404
+    assert status(missing) == 404
     assert missing.allowed == frozenset()
 
 
@@ -185,10 +197,10 @@ def test_405_only_when_the_method_is_the_only_difference() -> None:
         route("hosted", "/api", methods=["GET"], hosts=["api.example.com"]),
     ])
     # header and host both differ: not a method problem
-    assert match(router, "/api", method="POST").status == 404
-    assert match(router, "/api", method="GET").status == 404
+    assert status(match(router, "/api", method="POST")) == 404
+    assert status(match(router, "/api", method="GET")) == 404
     refused = match(router, "/api", method="POST", host="api.example.com")
-    assert refused.status == 405 and refused.allowed == frozenset({"GET"})
+    assert status(refused) == 405 and refused.allowed == frozenset({"GET"})
 
 
 def test_any_method_route_catches_what_a_method_route_refuses() -> None:
@@ -262,7 +274,7 @@ def test_explain_says_why() -> None:
     assert len(lines) == 1 and "MATCH" in lines[0] and "id='7'" in lines[0]
 
     found, lines = router.explain("POST", "/api/users", "", {})
-    assert found.status == 405
+    assert status(found) == 405
     assert any("by-id" in line and "does not match" in line for line in lines)
     assert any("mobile" in line and "X-Client" in line for line in lines)
     assert any("method POST not in ['GET']" in line for line in lines)
@@ -273,8 +285,8 @@ def test_explain_says_why() -> None:
 # ---------------------------------------------------------------------------
 
 
-def forwarded(config: RouteConfig, raw: str) -> str:
-    router = Router([config])
+def forwarded(config: RouteConfig, raw: str, *, ignore_case: bool = False) -> str:
+    router = Router([config], ignore_case=ignore_case)
     path, encoded, _ = normalize_path(raw)
     found = match(router, path)
     assert found.route is not None
@@ -385,3 +397,220 @@ def test_template_strip_path_false_forwards_the_path() -> None:
 
 def test_template_without_literal_prefix_forwards_the_path() -> None:
     assert forwarded(route("r", "/{tenant}/items"), "/acme/items") == "/acme/items"
+
+
+def test_path_param_takes_newlines_too() -> None:
+    router = Router([route("files", "/files/{rest:path}"), route("all", "/")])
+    assert match(router, "/files/a\nb/c").params == {"rest": "a\nb/c"}
+
+
+# ---------------------------------------------------------------------------
+# gateway.path_case = "insensitive"
+# ---------------------------------------------------------------------------
+
+
+def test_ignore_case_matches_literals_and_keeps_params_as_sent() -> None:
+    router = Router([
+        route("orders", "/api/orders"),
+        route("user", "/api/Users/{id}"),
+        route("cafe", "/café/menu"),
+        route("public", "/"),
+    ], ignore_case=True)
+    assert matched(router, "/API/ORDERS/7") == "orders"
+    assert matched(router, "/api/ordersX") == "public"
+    assert match(router, "/API/USERS/AbC").params == {"id": "AbC"}
+    assert matched(router, "/CAFÉ/Menu") == "cafe"
+    assert matched(router, "/cafe/menu") == "public"
+    sensitive = Router([route("orders", "/api/orders"), route("public", "/")])
+    assert matched(sensitive, "/API/ORDERS") == "public"
+
+
+def _ascii_twins() -> list[tuple[str, str]]:
+    """Every (ASCII letter, other character) pair that re.IGNORECASE takes as equal."""
+    others = "".join(chr(c) for c in range(0x80, sys.maxunicode + 1)
+                     if not 0xD800 <= c < 0xE000)
+    return [(letter, twin) for letter in "abcdefghijklmnopqrstuvwxyz"
+            for twin in re.findall(letter, others, re.IGNORECASE)]
+
+
+def test_ignore_case_takes_every_non_ascii_twin_of_an_ascii_letter() -> None:
+    twins = _ascii_twins()
+    assert twins  # dotted and dotless i, Kelvin sign, long s in Python 3.11
+    for letter, twin in twins:
+        router = Router([route("r", f"/a{letter}z"), route("public", "/")], ignore_case=True)
+        assert matched(router, f"/A{twin}Z/x") == "r", (letter, twin)
+        router = Router([route("r", f"/a{twin}z"), route("public", "/")], ignore_case=True)
+        assert matched(router, f"/A{letter.upper()}Z/x") == "r", (letter, twin)
+
+
+@pytest.mark.parametrize(
+    ("route_path", "raw", "expected"),
+    [
+        ("/api/status", "/API/STATUS/7", "/7"),
+        ("/api/status", "/api/%C5%BFtatus/7", "/7"),  # long s: one character, as s
+        ("/api/id", "/api/%C4%B0D/x", "/x"),  # capital dotted I: its lower() has two
+        ("/straße", "/STRAẞE/x", "/x"),
+    ],
+)
+def test_ignore_case_strips_the_prefix_as_long_as_the_route(
+        route_path: str, raw: str, expected: str) -> None:
+    assert forwarded(route("r", route_path), raw, ignore_case=True) == expected
+
+
+# ---------------------------------------------------------------------------
+# The trie against a plain scan of the routes in match order
+# ---------------------------------------------------------------------------
+
+# Segments that collide ignoring case, some only as re.IGNORECASE takes them
+# (long s is s, the Kelvin sign k, dotless and dotted I are i, the ligature of
+# long s and t the ligature st), some whose lower() changes length.
+_LITERALS = ["api", "API", "Api", "users", "v2", "x", "status", "\u017ftatus", "STATUS",
+             "café", "CAFÉ", "\ufb05", "\ufb06", "id", "ID", "\u0130d", "\u0131d", "k",
+             "\u212a", "ß", "\u1e9e"]
+_TWINS = str.maketrans({"s": "\u017f", "k": "\u212a", "i": "\u0131", "I": "\u0130",
+                        "\u017f": "S", "\u212a": "K", "\u0131": "I", "\u0130": "i"})
+_HOSTS = ["a.example.com", "*.example.com", "B.Example.com", "api.example.org"]
+_ROUTE_HEADERS: list[dict[str, str]] = [{"X-Client": "mobile"}, {"X-Client": "web"},
+                                        {"X-A": "1", "X-Client": "mobile"}]
+
+
+@st.composite
+def _route_paths(draw: st.DrawFn) -> str:
+    kinds = draw(st.lists(st.sampled_from(["literal", "literal", "param"]), max_size=4))
+    segments = [draw(st.sampled_from(_LITERALS)) if kind == "literal" else f"{{p{i}}}"
+                for i, kind in enumerate(kinds)]
+    if draw(st.integers(0, 4)) == 0:
+        segments.append("{tail:path}")
+    return "/" + "/".join(segments) + draw(st.sampled_from(["", "", "/"]))
+
+
+@st.composite
+def _tables(draw: st.DrawFn) -> list[RouteConfig]:
+    specs = draw(st.lists(st.fixed_dictionaries({}, optional={
+        "methods": st.lists(st.sampled_from(["GET", "POST", "PUT"]), min_size=1, max_size=2,
+                            unique=True),
+        "hosts": st.lists(st.sampled_from(_HOSTS), min_size=1, max_size=2, unique=True),
+        "headers": st.sampled_from(_ROUTE_HEADERS),
+    }).flatmap(lambda spec: st.builds(lambda path: {**spec, "path": path}, _route_paths())),
+        min_size=1, max_size=10))
+    copies = draw(st.lists(st.integers(0, len(specs) - 1), max_size=3))
+    specs += [specs[i] for i in copies]  # duplicates: same path and constraints
+    return [route(f"r{i}", **spec) for i, spec in enumerate(specs)]
+
+
+_request_segments = st.sampled_from(_LITERALS) | st.sampled_from(["", "7", "a b", "a\nb"]) \
+    | st.text(alphabet="aAsSkK\u0131\u0130\u017f7/é", max_size=4)
+_random_paths = st.lists(_request_segments, max_size=5).map(lambda s: "/" + "/".join(s)) \
+    | st.sampled_from(["", "*", "api", "/"])
+
+
+@st.composite
+def _paths_near(draw: st.DrawFn, configs: list[RouteConfig]) -> str:
+    """A path made from one route's: its literals in some case, values for its params,
+    maybe a trailing slash or more segments."""
+    config = draw(st.sampled_from(configs))
+    out = []
+    for segment in (s for s in config.path.split("/") if s):
+        if segment.endswith(":path}"):
+            out += draw(st.lists(_request_segments, max_size=2))
+        elif segment.startswith("{"):
+            out.append(draw(_request_segments))
+        else:
+            out.append(draw(st.sampled_from([segment, segment, segment.upper(),
+                                             segment.swapcase(), segment.translate(_TWINS)])))
+    ending = draw(st.sampled_from(["", "/", "/", "more"]))
+    if ending == "more":
+        ending = "/" + "/".join(draw(st.lists(_request_segments, min_size=1, max_size=2)))
+    return "/" + "/".join(out) + ending
+
+
+_methods = st.sampled_from(["GET", "POST", "PUT", "DELETE"])
+_request_hosts = st.sampled_from(["", "a.example.com", "b.example.com", "x.a.example.com",
+                                  "example.com", "api.example.org"])
+_request_headers = st.fixed_dictionaries({}, optional={
+    "X-Client": st.sampled_from(["mobile", "web", "Mobile"]), "x-a": st.just("1")})
+
+
+class Reference:
+    """The route table as PRODUCT.md section 3 states it: every route tried in order."""
+
+    def __init__(self, configs: list[RouteConfig], ignore_case: bool) -> None:
+        def key(item: tuple[int, RouteConfig]) -> tuple[int, int, int, int]:
+            index, config = item
+            segments = [s for s in config.path.split("/") if s]
+            literals = sum(not s.startswith("{") for s in segments)
+            template = any(s.startswith("{") for s in segments)
+            constraints = (bool(config.methods) + bool(config.hosts)
+                           + len(config.headers or {}))
+            return (-literals, 0 if template else 1, -constraints, index)
+
+        self.order = [(index, config, self.path_regex(config.path, ignore_case))
+                      for index, config in sorted(enumerate(configs), key=key)]
+
+    @staticmethod
+    def path_regex(path: str, ignore_case: bool) -> re.Pattern[str]:
+        pattern = ""
+        segments = [s for s in path.split("/") if s]
+        for segment in segments:
+            if segment.endswith(":path}"):
+                pattern += f"(?:/(?P<{segment[1:-6]}>.*))?"
+            elif segment.startswith("{"):
+                pattern += f"/(?P<{segment[1:-1]}>[^/]+)"
+            else:
+                pattern += "/" + re.escape(segment)
+        # a prefix takes whole segments ("/" all paths); a template the whole path, but for
+        # a trailing slash when it does not end with {name:path}
+        if not any(s.startswith("{") for s in segments):
+            tail = r"(?=/|\Z)" if segments else ""
+        else:
+            tail = r"\Z" if segments[-1].endswith(":path}") else r"/?\Z"
+        return re.compile(pattern + tail, re.DOTALL | (re.IGNORECASE if ignore_case else 0))
+
+    def scan(self, method: str | None, path: str, host: str,
+             headers: Mapping[str, str]) -> tuple[int | None, dict[str, str], frozenset[str]]:
+        allowed: set[str] = set()
+        for index, config, regex in self.order:
+            found = regex.match(path)
+            if found is None:
+                continue
+            if config.hosts and not any(
+                    host == h.lower() or (h.startswith("*.") and host.endswith(h[1:].lower()))
+                    for h in config.hosts):
+                continue
+            if any(headers.get(k) != v for k, v in (config.headers or {}).items()):
+                continue
+            if method is not None and config.methods and method not in config.methods:
+                allowed.update(config.methods)
+                continue
+            return index, {k: v or "" for k, v in found.groupdict().items()}, frozenset()
+        return None, {}, frozenset(allowed)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_tables(), st.booleans(), st.data())
+def test_trie_chooses_what_a_plain_scan_chooses(
+        configs: list[RouteConfig], ignore_case: bool, data: st.DataObject) -> None:
+    router = Router(configs, ignore_case=ignore_case)
+    reference = Reference(configs, ignore_case)
+    assert [r.index for r in router.routes] == [index for index, _, _ in reference.order]
+    paths = st.one_of(_paths_near(configs), _paths_near(configs), _random_paths)
+    requests = data.draw(st.lists(st.tuples(_methods, paths, _request_hosts, _request_headers),
+                                  min_size=1, max_size=8))
+    for method, path, host, raw_headers in requests:
+        headers = CIMultiDict(raw_headers)
+        want = reference.scan(method, path, host, headers)
+        found = router.match(method, path, host, headers)
+        got = (found.route.index if found.route else None, found.params, found.allowed)
+        assert got == want, (method, path, host, raw_headers)
+
+        explained, _ = router.explain(method, path, host, headers)
+        assert explained == found
+
+        tentative = router.lookup(path, host, headers)
+        assert (tentative.index if tentative else None) == reference.scan(
+            None, path, host, headers)[0]
+
+        for route_ in router.routes:  # each route alone agrees too
+            alone = route_.path.match(path)
+            plain = Reference.path_regex(route_.config.path, ignore_case).match(path)
+            assert (alone is None) == (plain is None), (route_.config.path, path)
