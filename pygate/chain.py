@@ -154,7 +154,7 @@ class Chain:
             problem = head_problem(
                 upstream_request.method,
                 f"{upstream_request.path}?{query}" if query else upstream_request.path,
-                list(upstream_request.headers.items()))
+                upstream_request.headers)
             if problem is not None:
                 log.error("plugin made an invalid upstream request", plugin=step.plugin,
                           hook="transform_request", request_id=ctx.request_id, problem=problem)

@@ -217,6 +217,7 @@ class ChainBuilder:
         self.issues: list[ConfigIssue] = []
         self.context = {"base_dir": base_dir, "source": source}
         self._seen: dict[tuple[str, str], Any] = {}
+        self._impls: dict[str, list[tuple[str, Any, bool, tuple[int, ...] | None]]] = {}
 
     def validate(self, name: str, raw: dict[str, Any], where: str) -> Any:
         info = self.plugins.info[name]
@@ -235,6 +236,25 @@ class ChainBuilder:
         self._seen[key] = config
         return config
 
+    def _implementations(self, name: str
+                         ) -> list[tuple[str, Any, bool, tuple[int, ...] | None]]:
+        """``(hook, function, is_async, argument indexes)`` of each request hook the plugin
+        implements: looked up once per plugin, not once per route."""
+        found = self._impls.get(name)
+        if found is None:
+            found = []
+            for hook in hookspecs.REQUEST_HOOKS:
+                impl = self.plugins.impl(name, hook)
+                if impl is None:
+                    continue
+                full = hookspecs.HOOK_ARGS[hook]
+                argnames = tuple(impl.argnames)
+                args = None if argnames == full else tuple(full.index(a) for a in argnames)
+                found.append((hook, impl.function, inspect.iscoroutinefunction(impl.function),
+                              args))
+            self._impls[name] = found
+        return found
+
     def build(self, settings: Mapping[str, dict[str, Any]], where: Mapping[str, str]) -> Chain:
         """A chain for one route from its merged settings; ``where`` gives key paths."""
         configs: dict[str, Any] = {}
@@ -245,20 +265,9 @@ class ChainBuilder:
         ordered = sorted(configs, key=lambda n: (-self.plugins.info[n].priority, n))
         steps: dict[str, list[Step]] = {hook: [] for hook in hookspecs.REQUEST_HOOKS}
         for name in ordered:
-            for hook in hookspecs.REQUEST_HOOKS:
-                impl = self.plugins.impl(name, hook)
-                if impl is None:
-                    continue
-                full = hookspecs.HOOK_ARGS[hook]
-                argnames = tuple(impl.argnames)
-                args = None if argnames == full else tuple(full.index(a) for a in argnames)
-                steps[hook].append(Step(
-                    plugin=name,
-                    func=impl.function,
-                    is_async=inspect.iscoroutinefunction(impl.function),
-                    args=args,
-                    config=configs[name],
-                ))
+            for hook, func, is_async, args in self._implementations(name):
+                steps[hook].append(Step(plugin=name, func=func, is_async=is_async, args=args,
+                                        config=configs[name]))
         # post_response runs in reverse priority order (Envoy's encoder side)
         phases = {hook: tuple(reversed(found) if hook == "post_response" else found)
                   for hook, found in steps.items()}

@@ -462,33 +462,44 @@ class InvalidHead(ValueError):
 
 _TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _METHOD = re.compile(_TOKEN)
-_NAMES = re.compile(rf"{_TOKEN}(?:\n{_TOKEN})*")
-# Control characters: none in a value but HTAB (RFC 9110 section 5.5), none in a target.
 _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-_BAD_TARGET = re.compile(r"[\x00-\x20\x7f]")
+# Byte sets for bytes.translate(None, delete=...): what is left after deleting the
+# allowed bytes is what is wrong (a scan in C, several times faster than a regex).
+_TOKEN_BYTES = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_HIGH = bytes(range(0x80, 0x100))  # obs-text: UTF-8, or bytes kept by surrogateescape
+_VALUE_BYTES = b"\t" + bytes(range(0x20, 0x7F)) + _HIGH  # RFC 9110 field-value
+_TARGET_BYTES = bytes(range(0x21, 0x7F)) + _HIGH  # no space, no control character
+_HEAD_BYTES = _VALUE_BYTES + b"\r\n"
 
 
-def head_problem(method: str, target: str, headers: Iterable[tuple[str, str]]) -> str | None:
+def _raw(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
+
+
+def head_problem(method: str, target: str,
+                 headers: Iterable[tuple[str, str]] | CIMultiDict[str]) -> str | None:
     """What makes a request head unsafe to write, or ``None``.
 
     The method and every header name must be RFC 9110 tokens; the target and
     the header values must hold no control character (no CR/LF to start a
-    header or a request of their own, no NUL) and the target no space.
-    One pass of two regular expressions in the common case.
+    header or a request of their own, no NUL; a value may hold a tab) and the
+    target no space.
     """
     if not _METHOD.fullmatch(method):
         return f"the method {method[:32]!r} is not a token"
-    if not target or _BAD_TARGET.search(target):
+    if not target or _raw(target).translate(None, _TARGET_BYTES):
         return "the request target is empty or holds a space or control character"
-    pairs = headers if isinstance(headers, list) else list(headers)
-    if not pairs:
-        return None
-    if not _NAMES.fullmatch("\n".join([name for name, _ in pairs])):
-        for name, _ in pairs:
+    if isinstance(headers, CIMultiDict):
+        names, values = list(headers.keys()), "\t".join(headers.values())
+    else:
+        pairs = headers if isinstance(headers, list) else list(headers)
+        names, values = [n for n, _ in pairs], "\t".join([v for _, v in pairs])
+    if ("" in names or _raw("".join(names)).translate(None, _TOKEN_BYTES)
+            or _raw(values).translate(None, _VALUE_BYTES)):
+        items = list(headers.items()) if isinstance(headers, CIMultiDict) else list(headers)
+        for name, value in items:
             if not _METHOD.fullmatch(name):
                 return f"the header name {name[:64]!r} is not a token"
-    if _BAD_VALUE.search("\t".join([value for _, value in pairs])):
-        for name, value in pairs:
             if _BAD_VALUE.search(value):
                 return f"the value of header {name[:64]!r} holds a control character"
     return None
@@ -521,9 +532,6 @@ def build_head(method: str, target: str, headers: Iterable[tuple[str, str]], hos
         elif lower == "transfer-encoding":
             continue
         sent.append((name, value))
-    problem = head_problem(method, target, sent)
-    if problem is not None:
-        raise InvalidHead(problem)
     lines = [f"{method} {target} HTTP/1.1"]
     lines.extend([f"{name}: {value}" for name, value in sent])
     if not has_host:
@@ -543,4 +551,15 @@ def build_head(method: str, target: str, headers: Iterable[tuple[str, str]], hos
     elif method in ("POST", "PUT", "PATCH"):
         lines.append("Content-Length: 0")
     lines.append("\r\n")
-    return "\r\n".join(lines).encode("utf-8", "surrogateescape"), chunked, length
+    data = _raw("\r\n".join(lines))
+    # One CR LF per line (none hidden in a method, target, name or value), no other
+    # control byte, then the method, the target and the names as head_problem wants.
+    if (data.count(b"\n") != len(lines) or data.count(b"\r") != len(lines)
+            or data.translate(None, _HEAD_BYTES)
+            or not _METHOD.fullmatch(method) or not target
+            or _raw(target).translate(None, _TARGET_BYTES)
+            or _raw("".join([n for n, _ in sent])).translate(None, _TOKEN_BYTES)
+            or any(not n for n, _ in sent)):
+        raise InvalidHead(head_problem(method, target, sent)
+                          or "the request head holds a line break or control character")
+    return data, chunked, length
