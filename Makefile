@@ -8,7 +8,7 @@ PLUGINS := $(sort $(wildcard plugins/*/pyproject.toml))
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?= -n 2
 
-.PHONY: serve test install lint redis-server clean fuzz
+.PHONY: serve test install lint redis-server chromium clean fuzz
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,15 @@ redis-server:
 	  elif sudo -n true 2>/dev/null; then sudo apt-get update -qq && sudo apt-get install -y -qq redis-server >/dev/null; \
 	  else echo "redis-server is missing and cannot be installed (not root, no sudo)"; fi; }
 
-test: $(STAMP) redis-server
+# The dashboard's browser test drives Debian's Chromium through chromedriver; install both
+# when missing and allowed.
+chromium:
+	@{ command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; } || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  elif sudo -n true 2>/dev/null; then sudo apt-get update -qq && sudo apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else echo "chromium/chromium-driver are missing and cannot be installed (not root, no sudo)"; fi; }
+
+test: $(STAMP) redis-server chromium
 	$(BIN)/ruff check .
 	$(BIN)/mypy pygate
 	$(BIN)/pytest -q $(PYTEST_ARGS)

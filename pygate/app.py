@@ -59,6 +59,11 @@ class Gateway:
         # ``facade.state(NAME)``.
         self.state: dict[str, Any] = {}
         self.client: aiohttp.ClientSession | None = None
+        # Set by the server that runs it (pygate.server.Running), shown to plugins by the
+        # facade: the configuration's number (1 at start, one more per reload), and how
+        # many requests the process is handling.
+        self.generation: int | None = None
+        self.in_flight: Callable[[], int] | None = None
         # Called when a drain starts (SIGTERM): long-lived exchanges close politely.
         self.on_drain: list[Callable[[], Awaitable[None]]] = []
         self._started: list[str] = []

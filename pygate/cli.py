@@ -63,23 +63,26 @@ def main() -> None:
 @click.option("--workers", metavar="N|auto", help="Override gateway.workers.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
+@click.option("--watch", is_flag=True,
+              help="Reload when the configuration file, or a file it names, changes.")
 def serve(config_path: str | None, listen: str | None, workers: str | None,
-          log_level: str) -> None:
+          log_level: str, watch: bool) -> None:
     """Validate the configuration, then serve until SIGTERM/SIGINT (graceful drain).
 
-    SIGHUP reloads the configuration file. With more than one worker, a
-    supervisor process runs the workers (pygate.workers).
+    SIGHUP (and POST /reload on the admin listener, and --watch) reloads the
+    configuration file. With more than one worker, a supervisor process runs
+    the workers (pygate.workers).
     """
-    from .listener import raise_open_files_limit
+    from .listener import bind, raise_open_files_limit
+    from .logs import log_format
+    from .reload import file_loader
     from .server import configure_logging, install_uvloop, serve_forever
     from .workers import Supervisor, worker_count
 
     path = config_path or default_path()
-
-    def reload() -> Gateway:
-        return build_gateway(load(path))
-
-    gateway = _load(path)
+    reload = file_loader(path)
+    with _config_errors():
+        gateway = reload()
     address = listen or gateway.config.gateway.listen
     try:
         parse_listen(address)
@@ -90,7 +93,7 @@ def serve(config_path: str | None, listen: str | None, workers: str | None,
     except ValueError as exc:
         _fail(f"--workers: {exc}")
     host, port = split_listen(address)
-    configure_logging(log_level)
+    configure_logging(log_level, log_format(gateway))
     install_uvloop()
     before, after = raise_open_files_limit()
     if after != before:
@@ -98,14 +101,25 @@ def serve(config_path: str | None, listen: str | None, workers: str | None,
 
         structlog.get_logger("pygate").debug("open files limit raised", before=before,
                                              after=after)
+    admin_socks = []
+    if gateway.config.admin is not None:
+        admin_address = gateway.config.admin.listen
+        try:
+            admin_socks = bind(*split_listen(admin_address), reuse_port=False)
+        except OSError as exc:
+            _fail(f"cannot listen on {admin_address} (admin.listen): {exc.strerror or exc}")
     if count > 1:
         try:
-            supervisor = Supervisor.bind(gateway, host, port, count, reload)
+            supervisor = Supervisor.bind(gateway, host, port, count, reload,
+                                         admin_socks=admin_socks, watch=watch)
         except OSError as exc:
+            for sock in admin_socks:
+                sock.close()
             _fail(f"cannot listen on {address}: {exc.strerror or exc}")
         sys.exit(supervisor.run())
     try:
-        asyncio.run(serve_forever(gateway, host, port, reload=reload))
+        asyncio.run(serve_forever(gateway, host, port, reload=reload, admin_socks=admin_socks,
+                                  watch=watch))
     except OSError as exc:
         _fail(f"cannot listen on {address}: {exc.strerror or exc}")
     except KeyboardInterrupt:

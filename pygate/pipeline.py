@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiohttp import web
@@ -37,6 +37,9 @@ from .router import Match
 from .sanitize import check_framing, check_headers, host_of, normalize_path, request_id
 from .upstream.forward import Streamer
 
+if TYPE_CHECKING:
+    from .admin.stats import Stats
+
 log = structlog.get_logger("pygate")
 
 
@@ -57,6 +60,7 @@ class Pipeline:
         self.in_flight = 0  # requests being handled, for the drain
         self.on_gw = InFlight()  # those of them that run on self.gw, for a reload
         self.draining = False  # set when the drain starts: every response closes
+        self.stats: Stats | None = None  # per-route counters, with [admin] only
         self._log_tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -127,6 +131,8 @@ class Pipeline:
             if chain.log:
                 chain.schedule_log(ctx, self.record(ctx, request, response), self._loop,
                                    self._log_tasks)
+            if self.stats is not None:
+                self.stats.note(ctx)  # filed by a loop callback, after the response
             return response
         finally:
             if stream is not None:
@@ -238,7 +244,7 @@ class Pipeline:
         """An access line for a request refused before the pipeline saw it (the HTTP
         parser's 400/431, a request head that came too late: 408)."""
         chain = self.gw.global_chain
-        if not chain.log:
+        if not chain.log and self.stats is None:
             return
         transport = conn.transport
         peer = transport.get_extra_info("peername") if transport is not None else None
@@ -247,6 +253,10 @@ class Pipeline:
         ctx.app, ctx.gateway = self.gw, self.gw.facade
         ctx.status = status
         ctx.error = detail
+        if self.stats is not None:
+            self.stats.note(ctx)
+        if not chain.log:
+            return
         record = access_record(ctx)
         record["query"] = ""
         record["cache"] = None

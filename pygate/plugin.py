@@ -126,6 +126,46 @@ class Gateway:
         """The largest request body the gateway accepts, in bytes (``gateway.max_body``)."""
         return int(self._core.max_body)
 
+    @property
+    def generation(self) -> int | None:
+        """The number of the configuration this gateway serves, as the server counts them
+        (1 for the one loaded at start, one more for each reload; a worker of ``pygate
+        serve --workers N`` has its supervisor's number), or ``None`` for a gateway that
+        no server has numbered (one built by hand, as in some tests)."""
+        return self._core.generation
+
+    # -- live state (read-only) -------------------------------------------------
+
+    def upstreams(self) -> list[dict[str, Any]]:
+        """The upstreams of this gateway and the live state of their targets, as plain data
+        (a copy: changing it changes nothing), in configuration order::
+
+            [{"name": "users",
+              "targets": [{"label": "http://127.0.0.1:3001", "weight": 1,
+                           "healthy": True, "breaker": "closed", "active": 0}, ...]}, ...]
+
+        ``healthy`` is the active health checks' verdict (``True`` without checks),
+        ``breaker`` the passive breaker's state (``"closed"``, ``"open"`` or
+        ``"half-open"``; ``"closed"`` without a breaker), ``active`` the requests in
+        flight to the target from this process. A route's inline upstream URL is
+        listed under that URL as its name. Each worker of ``pygate serve --workers N``
+        checks and counts on its own.
+        """
+        return [
+            {"name": name,
+             "targets": [{"label": t["target"], "weight": t["weight"], "healthy": t["healthy"],
+                          "breaker": t["breaker"], "active": t["active"]}
+                         for t in upstream.describe()]}
+            for name, upstream in self._core.upstreams.items()
+        ]
+
+    @property
+    def in_flight(self) -> int | None:
+        """Requests this process is handling now (on this gateway and on any a reload
+        replaced), or ``None`` where the server does not tell."""
+        count = self._core.in_flight
+        return count() if count is not None else None
+
     # -- resources --------------------------------------------------------------
 
     @property

@@ -4,7 +4,8 @@ The supervisor (the process ``pygate serve`` started, the configuration
 already validated) binds one ``SO_REUSEPORT`` listening socket per worker slot
 on the same address, so that the kernel spreads connections over them, and
 forks one worker per slot; a worker serves its slot's socket with
-:func:`pygate.server.serve_forever`, as a single-process gateway does.
+:func:`pygate.server.serve_forever`, as a single-process gateway does
+(:mod:`pygate.worker`: the slots and the worker's side).
 
 - Binding in the supervisor fails ``serve`` (exit 1) before any worker exists,
   and ``--listen HOST:0`` gives every worker the same port.
@@ -19,111 +20,77 @@ forks one worker per slot; a worker serves its slot's socket with
 SIGTERM/SIGINT: close the sockets, SIGTERM every worker (each drains), SIGKILL
 those still running after ``drain_timeout`` + :data:`KILL_GRACE`, exit 0.
 SIGHUP: validate the file again; if valid, SIGHUP every worker (each reloads).
+With ``--watch`` the supervisor also polls the files (:mod:`pygate.watch`)
+and reloads the same way when they change.
+
+With ``[admin]``, the supervisor binds the admin listener too and hands it to
+worker 1 (and to its replacements), and makes a private directory where every
+worker serves a control socket and the supervisor keeps its state
+(:mod:`pygate.admin.control`), removed when it exits.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import select
+import shutil
 import signal
 import socket
 import sys
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
+from .admin.control import Cluster, make_run_dir, write_state
 from .app import Gateway
 from .listener import bind
-from .server import (
-    Loader,
-    Running,
-    serve_forever,
-    set_process_fields,
-    validate,
-    warn_restart_only,
+from .logs import log_format, set_log_format, set_process_fields
+from .reload import Loader, validate, warn_restart_only
+from .watch import POLL_INTERVAL, Watcher
+from .worker import (
+    BACKOFF_FIRST,
+    STABLE_AFTER,
+    MetricsFiles,
+    Slot,
+    restart_delay,
+    run_worker,
+    worker_count,
 )
 
 log = structlog.get_logger("pygate")
 
 # After drain_timeout, how long a worker may still take to exit before SIGKILL.
 KILL_GRACE = 2.0
-# A worker that ran at least this long before it exited is restarted at once.
-STABLE_AFTER = 5.0
-# Restart delays of a crash-looping slot: none for the first exit, then 0.5s, 1s, 2s ... 30s.
-BACKOFF_FIRST = 0.5
-BACKOFF_MAX = 30.0
-# How often a worker checks that its supervisor is still alive.
-PARENT_POLL = 1.0
 # The supervisor's loop wakes at least this often, whatever it waits for.
 TICK = 5.0
 
 _HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
 
 
-def worker_count(value: int | str) -> int:
-    """``--workers``/``gateway.workers`` as a number: ``"auto"`` is one per CPU."""
-    if value == "auto":
-        return os.cpu_count() or 1
-    if isinstance(value, str) and value.isascii() and value.strip().isdigit():
-        value = int(value)
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
-        return value
-    raise ValueError(f'expected a number >= 1 or "auto", found {value!r}')
-
-
-def restart_delay(failures: int) -> float:
-    """Seconds before restarting a slot whose worker exited ``failures`` times in a row.
-
-    An exit after :data:`STABLE_AFTER` seconds of service resets the count, so a
-    worker that crashes once in a while is always replaced at once.
-    """
-    if failures <= 1:
-        return 0.0
-    return min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (failures - 2))
-
-
-@dataclass(eq=False)
-class Slot:
-    """One worker position: its sockets and its current process."""
-
-    number: int
-    socks: list[socket.socket] = field(default_factory=list)
-    pid: int | None = None
-    started: float = 0.0
-    ready: bool = False
-    ready_fd: int | None = None  # the worker writes one byte on it once it listens
-    generation: int = 0  # the configuration the worker runs (counts valid reloads)
-    failures: int = 0
-    restart_at: float | None = None
-
-    def close_socks(self) -> None:
-        for sock in self.socks:
-            sock.close()
-        self.socks = []
-
-    def close_ready(self) -> None:
-        if self.ready_fd is not None:
-            os.close(self.ready_fd)
-            self.ready_fd = None
-
-
 class Supervisor:
     """Forks the workers, replaces those that exit, forwards signals, exits when all did."""
 
     def __init__(self, gateway: Gateway, host: str, port: int, count: int,
-                 reload: Loader) -> None:
+                 reload: Loader, *, admin_socks: list[socket.socket] | None = None,
+                 watch: bool = False) -> None:
         self.gateway = gateway
         self.host = host
         self.port = port
         self.reload = reload
         self.drain_timeout = gateway.config.gateway.drain_timeout
         self.slots = [Slot(number) for number in range(1, count + 1)]
-        self.generation = 0
+        self.generation = 1  # the configuration's number; one more per valid reload
+        self.reloads = 0  # reload attempts, valid or not (the admin waits for the next)
+        self.last_reload: dict[str, Any] | None = None
+        self.admin_socks = admin_socks or []  # worker 1 serves the admin listener on them
+        self.run_dir: str | None = None  # the control sockets' private directory
+        self.started_at = time.time()
+        self.metrics: MetricsFiles | None = None  # with the prometheus plugin
+        self.watcher = Watcher(gateway.config.source, gateway.config) if watch else None
+        self._next_poll = 0.0
         self.booted = False  # every worker has listened once
         self.stopping = False
         self.kill_at: float | None = None
@@ -133,9 +100,11 @@ class Supervisor:
 
     @classmethod
     def bind(cls, gateway: Gateway, host: str, port: int, count: int,
-             reload: Loader) -> Supervisor:
+             reload: Loader, *, admin_socks: list[socket.socket] | None = None,
+             watch: bool = False) -> Supervisor:
         """Bind every slot's sockets (OSError when the address cannot be bound)."""
-        supervisor = cls(gateway, host, port, count, reload)
+        supervisor = cls(gateway, host, port, count, reload, admin_socks=admin_socks,
+                         watch=watch)
         try:
             for slot in supervisor.slots:
                 slot.socks = bind(host, supervisor.port, reuse_port=True)
@@ -163,6 +132,14 @@ class Supervisor:
         set_process_fields(supervisor=os.getpid())  # a worker replaces these
         try:
             log.info("supervisor started", url=self.url, workers=len(self.slots))
+            if self.admin_socks:
+                self.run_dir = make_run_dir()
+                self._write_state()
+            if "prometheus" in self.gateway.plugins.info:
+                self.metrics = MetricsFiles.prepare()  # before the first fork
+            if self.watcher is not None:
+                log.info("watching for changes", files=self.watcher.files)
+                self._next_poll = time.monotonic() + POLL_INTERVAL
             for slot in self.slots:
                 self._spawn(slot)
             while self._alive():
@@ -172,6 +149,7 @@ class Supervisor:
                 if self.stopping:
                     self._kill_stragglers()
                 else:
+                    self._poll_watch()
                     self._restart_due()
             log.info("stopped")
             return self.exit_code
@@ -186,6 +164,31 @@ class Supervisor:
             for slot in self.slots:
                 slot.close_socks()
                 slot.close_ready()
+            self._close_admin()
+            if self.run_dir is not None:
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+            if self.metrics is not None:
+                self.metrics.remove()
+
+    def _close_admin(self) -> None:
+        for sock in self.admin_socks:
+            sock.close()
+        self.admin_socks = []
+
+    def _write_state(self) -> None:
+        """What the admin listener reads of the supervisor (pygate.admin.control)."""
+        if self.run_dir is None:
+            return
+        try:
+            write_state(self.run_dir, {
+                "pid": os.getpid(), "started": self.started_at, "generation": self.generation,
+                "workers": len(self.slots), "reloads": self.reloads,
+                "last_reload": self.last_reload, "stopping": self.stopping,
+                "slots": [{"worker": s.number, "pid": s.pid, "ready": s.ready}
+                          for s in self.slots],
+            })
+        except OSError as exc:
+            log.warning("cannot write the supervisor's state", error=str(exc))
 
     def _alive(self) -> bool:
         return not self.stopping or any(slot.pid is not None for slot in self.slots)
@@ -199,6 +202,8 @@ class Supervisor:
         timers = [slot.restart_at for slot in self.slots if slot.restart_at is not None]
         if self.kill_at is not None:
             timers.append(self.kill_at)
+        if self.watcher is not None and not self.stopping:
+            timers.append(self._next_poll)
         timeout = max(0.0, min([*timers, now + TICK]) - now)
         readers = {slot.ready_fd: slot for slot in self.slots if slot.ready_fd is not None}
         readable, _, _ = select.select([self._wake_r, *readers], [], [], timeout)
@@ -216,7 +221,7 @@ class Supervisor:
             if signum in (signal.SIGTERM, signal.SIGINT):
                 self._stop(signal.Signals(signum).name)
             elif signum == signal.SIGHUP:
-                self._reload()
+                self._reload("signal")
 
     # -- workers -----------------------------------------------------------
 
@@ -261,6 +266,7 @@ class Supervisor:
         slot.ready_fd = ready_r
         slot.generation = self.generation
         log.info("worker started", worker=slot.number, pid=pid)
+        self._write_state()
 
     def _retry_later(self, slot: Slot, reason: str) -> None:
         slot.failures += 1
@@ -281,10 +287,16 @@ class Supervisor:
             if other is not slot:
                 other.close_socks()
             other.close_ready()
+        admin_socks = self.admin_socks if slot.number == 1 else []
+        if slot.number != 1:
+            self._close_admin()
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         set_process_fields(worker=slot.number, pid=os.getpid())
+        cluster = Cluster(slot.number, len(self.slots), os.getppid(), self.run_dir)
         return run_worker(self.gateway, self.host, self.port, slot.socks, ready_w,
-                          supervisor=os.getppid(), reload=self.reload)
+                          supervisor=os.getppid(), reload=self.reload,
+                          admin_socks=admin_socks, cluster=cluster,
+                          generation=self.generation)
 
     def _on_ready(self, slot: Slot) -> None:
         assert slot.ready_fd is not None
@@ -303,6 +315,7 @@ class Supervisor:
             self.booted = True
             log.info("workers ready", url=self.url, workers=len(self.slots),
                      pids=[s.pid for s in self.slots])
+        self._write_state()
 
     def _reap(self) -> None:
         for slot in self.slots:
@@ -321,6 +334,9 @@ class Supervisor:
         slot.ready = False
         slot.close_ready()
         status = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+        self._write_state()
+        if self.metrics is not None and pid is not None:
+            self.metrics.worker_exited(pid)
         if self.stopping:
             log.info("worker exited", worker=slot.number, pid=pid, status=status)
             return
@@ -366,6 +382,8 @@ class Supervisor:
             slot.close_socks()  # no new connection is queued from now on
             slot.restart_at = None
             self._signal(slot, signal.SIGTERM)
+        self._close_admin()  # worker 1 keeps its copy until its drain is over
+        self._write_state()
         log.info("draining", reason=reason, timeout_s=self.drain_timeout,
                  workers=[s.pid for s in self.slots if s.pid is not None])
 
@@ -379,51 +397,44 @@ class Supervisor:
                             worker=slot.number, pid=slot.pid)
                 self._signal(slot, signal.SIGKILL)
 
-    def _reload(self) -> None:
+    def _poll_watch(self) -> None:
+        watcher = self.watcher
+        now = time.monotonic()
+        if watcher is None or now < self._next_poll:
+            return
+        self._next_poll = now + POLL_INTERVAL
+        changed = watcher.poll()
+        if changed:
+            log.info("configuration changed on disk", files=changed)
+            self._reload("watch")
+
+    def _reload(self, trigger: str) -> None:
         if self.stopping:
             return
-        gateway = validate(self.reload)
+        gateway, errors = validate(self.reload, trigger=trigger)
+        self.reloads += 1
         if gateway is None:
+            self.last_reload = {"ok": False, "generation": self.generation, "errors": errors}
+            self._write_state()
             return
         warn_restart_only(self.gateway, gateway)
         self.gateway = gateway
         self.drain_timeout = gateway.config.gateway.drain_timeout
         self.generation += 1
+        gateway.generation = self.generation  # the workers forked from now on
+        self.last_reload = {"ok": True, "generation": self.generation, "errors": []}
+        set_log_format(log_format(gateway))
+        if self.watcher is not None:
+            self.watcher.rebase(gateway.config, keep=trigger == "watch")
+        self._write_state()  # before the signals: workers read the generation from it
         signalled = []
         for slot in self.slots:
             if slot.pid is not None and slot.ready:
                 self._signal(slot, signal.SIGHUP)
                 slot.generation = self.generation
                 signalled.append(slot.pid)
-        log.info("reload validated; workers signalled", workers=signalled)
+        log.info("reload validated; workers signalled", workers=signalled,
+                 generation=self.generation)
 
 
-def run_worker(gateway: Gateway, host: str, port: int, socks: list[socket.socket],
-               ready_w: int, *, supervisor: int, reload: Loader) -> int:
-    """A worker's life: serve ``socks`` until SIGTERM (or the supervisor is gone); exit code."""
-
-    def ready(running: Running) -> None:
-        with contextlib.suppress(OSError):
-            os.write(ready_w, b"r")
-        os.close(ready_w)
-
-    async def watch_supervisor() -> None:
-        # Nothing to await: an orphan only learns it by asking for its parent.
-        while os.getppid() == supervisor:  # noqa: ASYNC110
-            await asyncio.sleep(PARENT_POLL)
-        log.warning("supervisor gone; draining")
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    async def main() -> None:
-        watcher = asyncio.get_running_loop().create_task(watch_supervisor())
-        try:
-            await serve_forever(gateway, host, port, socks=socks, on_ready=ready, reload=reload)
-        finally:
-            watcher.cancel()
-
-    try:
-        asyncio.run(main())
-    except Exception as exc:
-        log.error("worker failed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
-        return 1
-    return 0
+__all__ = ["KILL_GRACE", "Supervisor", "restart_delay", "run_worker", "worker_count"]

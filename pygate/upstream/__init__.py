@@ -6,6 +6,11 @@ configuration (:mod:`.balancer`), and the health of its targets
 (:mod:`.health`: active checks started and stopped with the gateway, and the
 passive breaker fed by :func:`.forward.send`). :meth:`Upstream.pick` chooses a
 target among those that are healthy, not ejected and not excluded.
+
+A reload builds new :class:`Upstream` objects; one whose configuration did not
+change adopts the running one's targets (:meth:`Upstream.adopt`: their
+keep-alive pools, health, breakers and in-flight counts) and its health checks,
+so the old and the new gateway share them until the old one stops.
 """
 
 from __future__ import annotations
@@ -83,8 +88,34 @@ class Upstream:
         self.all_up = True
         self.checker = (HealthChecker(name, self.targets, config.health, self.set_health)
                         if config.health is not None else None)
+        # The upstreams (of successive gateways) sharing these targets, pools and checks.
+        self._sharing: list[Upstream] = [self]
+        self._adopted = False
+
+    def adopt(self, running: Upstream) -> bool:
+        """Take over ``running``'s targets, pools and health checks if its configuration
+        is the same as this one's (a reload); True when adopted.
+
+        Call it before :meth:`start`. The pools stay open until the last upstream
+        sharing them is closed, so the keep-alive connections, the health verdicts,
+        the breakers' state and the in-flight counts (least-conn) carry over.
+        """
+        if (running.name != self.name or running.config != self.config or self._adopted
+                or any(t.pool is None for t in running.targets)):
+            return False
+        self.targets = running.targets
+        self.balancer = running.balancer
+        self._single = running._single
+        self.checker = running.checker
+        self.all_up = running.all_up
+        self._sharing = running._sharing
+        self._sharing.append(self)
+        self._adopted = True
+        return True
 
     async def start(self) -> None:
+        if self._adopted:
+            return  # the pools and checks of the upstream adopted are running
         for target in self.targets:
             url = target.url
             target.pool = Pool(
@@ -97,6 +128,11 @@ class Upstream:
             self.checker.start()
 
     async def close(self) -> None:
+        sharing = self._sharing
+        if self in sharing:
+            sharing.remove(self)
+        if sharing:
+            return  # a newer gateway's upstream keeps using the pools
         if self.checker is not None:
             await self.checker.stop()
         for target in self.targets:
@@ -189,8 +225,10 @@ class Upstream:
             breaker.abandon(time.monotonic(), owner)
 
     def _refresh(self) -> None:
-        self.all_up = all(t.healthy and (t.breaker is None or not t.breaker.open_until)
-                          for t in self.targets)
+        all_up = all(t.healthy and (t.breaker is None or not t.breaker.open_until)
+                     for t in self.targets)
+        for upstream in self._sharing:  # every gateway's view of these targets
+            upstream.all_up = all_up
 
     def describe(self) -> list[dict[str, Any]]:
         """The targets and their state (for the admin listener)."""
