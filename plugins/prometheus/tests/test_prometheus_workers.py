@@ -1,5 +1,6 @@
-"""Several workers: ``pygate serve --workers 2`` with ``PROMETHEUS_MULTIPROC_DIR`` set, as
-the supervisor sets it, counts every request once in the files a scrape sums."""
+"""Several workers: ``pygate serve --workers 2`` counts every request once in the files
+of ``PROMETHEUS_MULTIPROC_DIR`` that a scrape sums, whether the variable is set from
+outside or by the supervisor, and the admin listener's ``/metrics`` shows the sum."""
 
 from __future__ import annotations
 
@@ -67,10 +68,13 @@ def serve_workers(config: Path, port: int, log: Path,
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr, env=env)
 
 
-def stop_and_clean(proc: subprocess.Popen[bytes], path: str, made: bool, log: Path) -> str:
+def stop_and_clean(proc: subprocess.Popen[bytes], log: Path,
+                   prepared: tuple[str, bool] | None = None) -> str:
+    """Stop ``pygate serve``; remove the directory :func:`multiproc.prepare` made; its log."""
     stop_serve(proc)
-    multiproc.remove(path, made)
-    assert not os.path.exists(path)
+    if prepared is not None:
+        multiproc.remove(*prepared)
+        assert not os.path.exists(prepared[0])
     return log.read_text()
 
 
@@ -113,7 +117,75 @@ async def test_two_workers_count_into_one_total(tmp_path: Path, fake_upstream) -
         assert not list(files.glob(f"gauge_live*_{victim}.db"))
         assert requests_counted(files, "spread") == sent
     finally:
-        output = await asyncio.to_thread(stop_and_clean, proc, path, made, log)
+        output = await asyncio.to_thread(stop_and_clean, proc, log, (path, made))
+    assert "Traceback" not in output
+
+
+ADMIN_CONFIG = """\
+[gateway]
+listen = "127.0.0.1:0"
+workers = 2
+
+[admin]
+listen = "127.0.0.1:{admin_port}"
+token = "metrics-token"
+
+[plugins.prometheus]
+
+[[routes]]
+name = "summed"
+path = "/"
+upstream = "{upstream}"
+"""
+
+
+def scrape_admin(port: int) -> dict[str, float]:
+    """``/metrics`` of the admin listener: ``{sample name + labels: value}``."""
+    import urllib.request
+
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics",
+                                     headers={"Authorization": "Bearer metrics-token"})
+    with urllib.request.urlopen(request, timeout=5) as answer:
+        text = answer.read().decode()
+    return {sample.name + str(sorted(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+async def test_the_admin_listener_sums_the_workers(tmp_path: Path, fake_upstream) -> None:
+    """``pygate serve --workers 2`` with ``[admin]``: the supervisor sets up the shared
+    files itself, and ``/metrics`` (served by one worker) counts every worker's requests."""
+    upstream = await fake_upstream()
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("PYGATE_") and k != multiproc.ENV}
+    admin_port = free_port()
+    config = tmp_path / "pygate.toml"
+    config.write_text(ADMIN_CONFIG.replace("{upstream}", upstream.url)
+                      .replace("{admin_port}", str(admin_port)))
+    port = free_port()
+    log = tmp_path / "serve.log"
+    proc = serve_workers(config, port, log, env)
+    key = "pygate_requests_total" + str(sorted(
+        {"route": "summed", "method": "GET", "status": "200"}.items()))
+    try:
+        await asyncio.to_thread(wait_listening, proc, port, log)
+        await asyncio.to_thread(wait_listening, proc, admin_port, log)
+        sent = 40
+        for _ in range(sent):  # a new connection each: the kernel spreads them over both
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)
+                                             ) as session, \
+                    session.get(f"http://127.0.0.1:{port}/x") as response:
+                assert response.status == 200
+        samples: dict[str, float] = {}
+        for _ in range(60):  # each worker copies its totals to the files every second
+            samples = await asyncio.to_thread(scrape_admin, admin_port)
+            if samples.get(key) == sent:
+                break
+            await asyncio.sleep(0.1)
+        assert samples.get(key) == sent
+        assert "pygate_requests_in_flight[]" in samples
+        assert samples["pygate_config_generation[]"] == 1
+    finally:
+        output = await asyncio.to_thread(stop_and_clean, proc, log)
     assert "Traceback" not in output
 
 
