@@ -178,6 +178,27 @@ async def gateway_process(tmp_path: Path, upstream: Any, raw_upstream: Any
         await gateway.terminate()
 
 
+ServeFactory = Callable[..., Awaitable[GatewayProcess]]
+
+
+@pytest.fixture
+async def serve(tmp_path: Path, upstream: Any) -> AsyncIterator[ServeFactory]:
+    """Like ``gateway_process`` but with extra command-line arguments (``--workers 2``,
+    ``--watch``), and without waiting for the port: ``await serve(toml, *extra)``."""
+    started: list[GatewayProcess] = []
+
+    async def factory(text: str, *extra: str) -> GatewayProcess:
+        index = len(started)
+        gateway = await launch_gateway(tmp_path / f"serve-{index}.toml", text,
+                                       tmp_path / f"serve-{index}.stderr", *extra)
+        started.append(gateway)
+        return gateway
+
+    yield factory
+    for gateway in started:
+        await gateway.terminate()
+
+
 # ---------------------------------------------------------------------------
 # Upstreams
 # ---------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,26 +21,7 @@ import pytest
 from aiohttp import web
 
 from tests.admin_support import Admin, Load, admin_section, events, eventually
-from tests.conftest import GatewayProcess, UpstreamFactory, free_port, launch_gateway
-
-ServeFactory = Callable[..., Awaitable[GatewayProcess]]
-
-
-@pytest.fixture
-async def serve(tmp_path: Path, upstream: Any) -> AsyncIterator[ServeFactory]:
-    """``pygate serve`` with extra arguments (``--watch``); stopped after the test."""
-    started: list[GatewayProcess] = []
-
-    async def factory(text: str, *extra: str) -> GatewayProcess:
-        index = len(started)
-        gateway = await launch_gateway(tmp_path / f"reload-{index}.toml", text,
-                                       tmp_path / f"reload-{index}.stderr", *extra)
-        started.append(gateway)
-        return gateway
-
-    yield factory
-    for gateway in started:
-        await gateway.terminate()
+from tests.conftest import ServeFactory, UpstreamFactory, free_port
 
 
 def connection_port(request: web.Request) -> int:

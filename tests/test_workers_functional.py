@@ -18,7 +18,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,10 +31,10 @@ from pygate.cli import main
 from tests.conftest import (
     GatewayFactory,
     GatewayProcess,
+    ServeFactory,
     UpstreamFactory,
     accepts_connections,
     free_port,
-    launch_gateway,
     parse_responses,
 )
 
@@ -197,26 +197,6 @@ name = "api"
 path = "{path}"
 upstream = "{upstream_url}"
 """
-
-
-ServeFactory = Callable[..., Awaitable[GatewayProcess]]
-
-
-@pytest.fixture
-async def serve(tmp_path: Path, upstream: Any) -> AsyncIterator[ServeFactory]:
-    """Like ``gateway_process`` but with extra command-line arguments."""
-    started: list[GatewayProcess] = []
-
-    async def factory(text: str, *extra: str) -> GatewayProcess:
-        index = len(started)
-        gateway = await launch_gateway(tmp_path / f"serve-{index}.toml", text,
-                                       tmp_path / f"serve-{index}.stderr", *extra)
-        started.append(gateway)
-        return gateway
-
-    yield factory
-    for gateway in started:
-        await gateway.terminate()
 
 
 async def run_to_exit(serve: ServeFactory, text: str, *extra: str) -> tuple[int, str, int]:
