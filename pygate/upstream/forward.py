@@ -66,13 +66,12 @@ class Streamer(Protocol):
 class BodyLimit:
     """Streams the client's body upstream, counting bytes, refusing past ``limit``."""
 
-    __slots__ = ("ctx", "exceeded", "limit", "reader")
+    __slots__ = ("ctx", "limit", "reader")
 
     def __init__(self, reader: aiohttp.StreamReader, limit: int, ctx: Context) -> None:
         self.reader = reader
         self.limit = limit
         self.ctx = ctx
-        self.exceeded = False
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives; a client that breaks it off is a client's error.
@@ -96,7 +95,6 @@ class BodyLimit:
             total += len(chunk)
             self.ctx.bytes_in = total
             if total > self.limit:
-                self.exceeded = True
                 raise PayloadTooLarge("request body exceeds the gateway's max_body")
             yield chunk
 
@@ -171,7 +169,7 @@ async def send(
                 response = await pool.request(method, path, headers.items(), data)  # type: ignore[arg-type]
         except Exception as exc:
             target.active -= 1
-            error, retryable, blame = _classify(exc, upstream, body, timer.expired())
+            error, retryable, blame = _classify(exc, upstream, timer.expired())
             if isinstance(exc, InvalidHead):
                 log.error("upstream request head refused", request_id=ctx.request_id,
                           upstream=upstream.name, problem=str(exc))
@@ -227,15 +225,16 @@ def _retry_target(upstream: Upstream, ctx: Context, headers: CIMultiDict[str],
         return None
 
 
-def _classify(exc: BaseException, upstream: Upstream, body: BodyLimit | None, expired: bool
+def _classify(exc: BaseException, upstream: Upstream, expired: bool
               ) -> tuple[GatewayError, bool, str | None]:
     """A failed attempt -> (the client's error, whether to retry, the target's fault or None).
 
     Retried: refused connections, connect timeouts, connections closed or reset
     before the response. Not retried: the request's own deadline, a read
     timeout (the upstream may be working on it), a malformed response, and
-    failures of the client's own body (too large, or the client went away),
-    which are not the target's fault either.
+    failures of the client's own body (too large, cut short, broken framing:
+    :meth:`BodyLimit.chunks` raises those as GatewayErrors, the first case
+    below), which are not the target's fault either.
     """
     name = upstream.label
     if isinstance(exc, GatewayError):
@@ -254,16 +253,9 @@ def _classify(exc: BaseException, upstream: Upstream, body: BodyLimit | None, ex
     if isinstance(exc, InvalidHead):  # a defect of ours or a plugin's: logged by send
         return GatewayError("the gateway could not process this request", status=500), \
             False, None
-    if body is not None and body.exceeded:
-        return PayloadTooLarge("request body exceeds the gateway's max_body"), False, None
     cause = exc.__cause__
     if isinstance(cause, GatewayError):
         return cause, False, None
-    if body is not None and body.reader.exception() is not None:
-        # the client's body broke off: the client's doing, not the target's
-        if isinstance(body.reader.exception(), HttpProcessingError):
-            return BadRequest("malformed request body"), False, None
-        return GatewayError("the client closed the connection", status=499), False, None
     reason = _reason(exc)
     retryable = isinstance(exc, Disconnected | ConnectionError)
     return BadGateway(f"{name} failed: {reason}"), retryable, reason
