@@ -37,15 +37,13 @@ from common import (
     WrkOptions,
     WrkResult,
     ensure_tools,
-    log_stderr,
     machine_notes,
     markdown_table,
     measure,
     nginx_upstream,
     pygate_contender,
     ratio_table,
-    report,
-    terminate_on_sigterm,
+    run_scenario,
     workspace,
 )
 
@@ -213,16 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write-readme", action="store_true",
                         help=f"replace the {SECTION} table in benchmarks/README.md")
     args = parser.parse_args(argv)
-    try:
-        with terminate_on_sigterm():
-            results, text = run(WrkOptions.from_args(args))
-    except BenchError as exc:
-        log_stderr(f"error: {exc}")
-        return 1
-    except KeyboardInterrupt:
-        log_stderr("interrupted; servers stopped")
-        return 130
-    return report(text, SECTION, args.write_readme, results)
+    return run_scenario(lambda: run(WrkOptions.from_args(args)), SECTION, args.write_readme)
 
 
 if __name__ == "__main__":

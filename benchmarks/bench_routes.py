@@ -50,8 +50,7 @@ from common import (
     nginx_upstream,
     pinned,
     pygate_contender,
-    report,
-    terminate_on_sigterm,
+    run_scenario,
     venv_tool,
     wait_until_answers,
     workspace,
@@ -252,16 +251,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--sizes: expected numbers separated by commas, found {args.sizes!r}")
     if len(sizes) < 2 or sizes[0] < 1 or args.load_runs < 1:
         parser.error("--sizes needs two sizes or more, each >= 1; --load-runs must be >= 1")
-    try:
-        with terminate_on_sigterm():
-            results, text = run(WrkOptions.from_args(args), sizes, args.load_runs)
-    except BenchError as exc:
-        log_stderr(f"error: {exc}")
-        return 1
-    except KeyboardInterrupt:
-        log_stderr("interrupted; servers stopped")
-        return 130
-    return report(text, SECTION, args.write_readme, results)
+    return run_scenario(lambda: run(WrkOptions.from_args(args), sizes, args.load_runs),
+                        SECTION, args.write_readme)
 
 
 if __name__ == "__main__":

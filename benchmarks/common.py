@@ -772,6 +772,22 @@ def flag_errors(results: Sequence[Result], log: Log = log_stderr) -> bool:
 # Reporting
 
 
+def run_scenario(run: Callable[[], tuple[list[Result], str]], section: str,
+                 write_readme: bool) -> int:
+    """A scenario script's ``main`` after its arguments: ``run()`` (servers stopped on
+    SIGTERM), then :func:`report`. 1 on a :class:`BenchError`, 130 when interrupted."""
+    try:
+        with terminate_on_sigterm():
+            results, text = run()
+    except BenchError as exc:
+        log_stderr(f"error: {exc}")
+        return 1
+    except KeyboardInterrupt:
+        log_stderr("interrupted; servers stopped")
+        return 130
+    return report(text, section, write_readme, results)
+
+
 def report(table: str, section: str, write_readme: bool, *runs: Sequence[Result]) -> int:
     """A scenario script's ending: flag errors, print ``table``, maybe write it; the exit code.
 
