@@ -122,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="jwt + rate-limit + headers, as in bench_plugins.py")
     parser.add_argument("--duration", type=int, default=10, help="seconds sampled [10]")
     parser.add_argument("--write-readme", action="store_true")
+    parser.add_argument("--raw", type=Path, help="also keep py-spy's raw stacks in this file")
     args = parser.parse_args(argv)
     try:
         tools = ensure_tools()
@@ -157,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
                 finally:
                     process.stop()
             total, components, functions = summarize(raw)
+            if args.raw:
+                shutil.copyfile(raw, args.raw)
         rps = next((line.split()[-1] for line in out.splitlines()
                     if line.startswith("Requests/sec")), "?")
     except BenchError as exc:

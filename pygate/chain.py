@@ -52,44 +52,55 @@ class PluginFailure(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Step:
-    """One hook implementation of one plugin, bound to its config for one route."""
+    """One hook implementation of one plugin, bound to its config for one route.
+
+    ``call`` takes the hook's arguments in the order of
+    :data:`pygate.hookspecs.HOOK_ARGS` and passes the implementation the ones it
+    names (the function itself when it names them all): the choice is made once,
+    at load.
+    """
 
     plugin: str
-    func: Callable[..., Any]
+    call: Callable[..., Any]
     is_async: bool
-    args: tuple[int, ...] | None  # indexes into the hook's arguments; None = all of them
     config: Any
 
 
+def bind(func: Callable[..., Any], picks: tuple[int, ...] | None) -> Callable[..., Any]:
+    """``func`` called with the hook arguments at ``picks`` (``None``: all of them)."""
+    if picks is None:
+        return func
+    if not picks:
+        return lambda *args: func()
+    if len(picks) == 1:
+        (i,) = picks
+        return lambda *args: func(args[i])
+    if len(picks) == 2:
+        i, j = picks
+        return lambda *args: func(args[i], args[j])
+    return lambda *args: func(*[args[k] for k in picks])
+
+
 def failure(step: Step, hook: str, ctx: Context | None, exc: BaseException) -> PluginFailure:
-    """Log a hook implementation's exception; the failure that answers 500 naming it."""
+    """The plugin-failure rule: log a hook implementation's exception with the plugin's
+    name; the :class:`PluginFailure` that answers 500 naming it.
+
+    Every ``run_*`` method below applies it the same way: ``ctx.config`` is the step's
+    config during the call, a :class:`GatewayError` is the plugin's answer and passes
+    through, any other exception becomes this failure.
+    """
     log.error("plugin raised", plugin=step.plugin, hook=hook,
               request_id=ctx.request_id if ctx is not None else None,
               error=f"{type(exc).__name__}: {exc}", exc_info=exc)
     return PluginFailure(step.plugin, hook)
 
 
-def call_sync(step: Step, hook: str, args: tuple[Any, ...], ctx: Context) -> Any:
-    """Call a plain-function implementation with its config in ``ctx.config``."""
-    ctx.config = step.config
-    try:
-        return step.func(*(args if step.args is None else tuple(args[i] for i in step.args)))
-    except GatewayError:
-        raise
-    except Exception as exc:
-        raise failure(step, hook, ctx, exc) from exc
-
-
-async def call_async(step: Step, hook: str, args: tuple[Any, ...], ctx: Context) -> Any:
-    """Await a coroutine implementation with its config in ``ctx.config``."""
-    ctx.config = step.config
-    try:
-        return await step.func(
-            *(args if step.args is None else tuple(args[i] for i in step.args)))
-    except GatewayError:
-        raise
-    except Exception as exc:
-        raise failure(step, hook, ctx, exc) from exc
+def invalid_request(plugin: str, ctx: Context, problem: str) -> PluginFailure:
+    """A ``transform_request`` implementation left a request head that would inject
+    bytes (``problem`` says how): logged naming it; the failure that answers 500."""
+    log.error("plugin made an invalid upstream request", plugin=plugin,
+              hook="transform_request", request_id=ctx.request_id, problem=problem)
+    return PluginFailure(plugin, "transform_request")
 
 
 @dataclass(frozen=True)
@@ -121,12 +132,12 @@ class Chain:
     async def run_pre_route(self, request: web.BaseRequest, ctx: Context
                             ) -> web.StreamResponse | None:
         """``pre_route``: the first response answers now."""
-        return await _first(self.pre_route, "pre_route", (request, ctx), ctx)
+        return await _first(self.pre_route, "pre_route", request, ctx)
 
     async def run_authenticate(self, request: web.BaseRequest, ctx: Context
                                ) -> Identity | None:
         """``authenticate``: the first identity wins; it is set on ``ctx.identity``."""
-        identity = await _first(self.authenticate, "authenticate", (request, ctx), ctx)
+        identity = await _first(self.authenticate, "authenticate", request, ctx)
         if identity is not None:
             ctx.identity = identity
         return identity
@@ -134,39 +145,55 @@ class Chain:
     async def run_admit(self, request: web.BaseRequest, ctx: Context
                         ) -> web.StreamResponse | None:
         """``admit``: the first response (a refusal, a cache hit) answers now."""
-        return await _first(self.admit, "admit", (request, ctx), ctx)
+        return await _first(self.admit, "admit", request, ctx)
 
     async def run_transform_request(self, request: web.BaseRequest, ctx: Context,
                                     upstream_request: UpstreamRequest) -> None:
         """``transform_request``: all run, for each upstream call.
 
-        After each one the request must still be a safe request head (no CR/LF
-        or control character in the method, target or headers): a plugin that
-        breaks it fails, so nothing is sent.
+        The request a plugin leaves must still be a safe request head (no CR/LF
+        or control character in the method, target or headers), or it fails and
+        nothing is sent: checked after each step but the last here, and after the
+        last one as the head is built (:func:`pygate.upstream.client.build_head`,
+        or :func:`pygate.upstream.websocket.connect`), which blame
+        ``upstream_request.shaped_by``; so a request is checked once for the usual
+        single step.
         """
-        args = (request, ctx, upstream_request)
-        for step in self.transform_request:
-            if step.is_async:
-                await call_async(step, "transform_request", args, ctx)
-            else:
-                call_sync(step, "transform_request", args, ctx)
-            query = upstream_request.query
-            problem = head_problem(
-                upstream_request.method,
-                f"{upstream_request.path}?{query}" if query else upstream_request.path,
-                upstream_request.headers)
-            if problem is not None:
-                log.error("plugin made an invalid upstream request", plugin=step.plugin,
-                          hook="transform_request", request_id=ctx.request_id, problem=problem)
-                raise PluginFailure(step.plugin, "transform_request")
+        steps = self.transform_request
+        last = steps[-1]
+        for step in steps:
+            ctx.config = step.config
+            try:
+                result = step.call(request, ctx, upstream_request)
+                if step.is_async:
+                    await result
+            except GatewayError:
+                raise
+            except Exception as exc:
+                raise failure(step, "transform_request", ctx, exc) from exc
+            if step is not last:
+                query = upstream_request.query
+                problem = head_problem(
+                    upstream_request.method,
+                    f"{upstream_request.path}?{query}" if query else upstream_request.path,
+                    upstream_request.headers)
+                if problem is not None:
+                    raise invalid_request(step.plugin, ctx, problem)
+        upstream_request.shaped_by = last.plugin
 
     async def run_aggregate(self, request: web.BaseRequest, ctx: Context, results: Any
                             ) -> tuple[Any, str] | None:
         """``aggregate``: the first non-None body and the plugin that made it, or None."""
         for step in self.aggregate:
-            args = (request, ctx, results)
-            shaped = (await call_async(step, "aggregate", args, ctx) if step.is_async
-                      else call_sync(step, "aggregate", args, ctx))
+            ctx.config = step.config
+            try:
+                shaped = step.call(request, ctx, results)
+                if step.is_async:
+                    shaped = await shaped
+            except GatewayError:
+                raise
+            except Exception as exc:
+                raise failure(step, "aggregate", ctx, exc) from exc
             if shaped is not None:
                 return shaped, step.plugin
         return None
@@ -174,12 +201,16 @@ class Chain:
     async def run_post_response(self, request: web.BaseRequest, ctx: Context,
                                 response: web.StreamResponse) -> None:
         """``post_response``: all run, in reverse priority order."""
-        args = (request, ctx, response)
         for step in self.post_response:
-            if step.is_async:
-                await call_async(step, "post_response", args, ctx)
-            else:
-                call_sync(step, "post_response", args, ctx)
+            ctx.config = step.config
+            try:
+                result = step.call(request, ctx, response)
+                if step.is_async:
+                    await result
+            except GatewayError:
+                raise
+            except Exception as exc:
+                raise failure(step, "post_response", ctx, exc) from exc
 
     def schedule_log(self, ctx: Context, record: dict[str, Any],
                      loop: asyncio.AbstractEventLoop,
@@ -196,27 +227,36 @@ class Chain:
 
     def _log_sync(self, ctx: Context, record: dict[str, Any]) -> None:
         for step in self.log:
+            ctx.config = step.config
             try:
-                call_sync(step, "log", (ctx, record), ctx)
-            except (PluginFailure, GatewayError):
-                pass  # logged by call_sync; a log hook never fails a request
+                step.call(ctx, record)
+            except Exception as exc:  # a log hook never fails a request
+                failure(step, "log", ctx, exc)
 
     async def _log_async(self, ctx: Context, record: dict[str, Any]) -> None:
         for step in self.log:
+            ctx.config = step.config
             try:
+                result = step.call(ctx, record)
                 if step.is_async:
-                    await call_async(step, "log", (ctx, record), ctx)
-                else:
-                    call_sync(step, "log", (ctx, record), ctx)
-            except (PluginFailure, GatewayError):
-                pass  # logged by call_*; a log hook never fails a request
+                    await result
+            except Exception as exc:  # a log hook never fails a request
+                failure(step, "log", ctx, exc)
 
 
-async def _first(steps: tuple[Step, ...], hook: str, args: tuple[Any, ...], ctx: Context
+async def _first(steps: tuple[Step, ...], hook: str, request: web.BaseRequest, ctx: Context
                  ) -> Any:
+    """The first non-None result of ``steps``, each called with ``(request, ctx)``."""
     for step in steps:
-        result = (await call_async(step, hook, args, ctx) if step.is_async
-                  else call_sync(step, hook, args, ctx))
+        ctx.config = step.config
+        try:
+            result = step.call(request, ctx)
+            if step.is_async:
+                result = await result
+        except GatewayError:
+            raise
+        except Exception as exc:
+            raise failure(step, hook, ctx, exc) from exc
         if result is not None:
             return result
     return None

@@ -123,10 +123,11 @@ class UpstreamRequest:
 
     ``path`` is the percent-encoded path the upstream receives and ``query`` the
     raw query string (without ``?``). ``body`` is ``None`` to stream the client's
-    body through, or bytes to send instead.
+    body through, or bytes to send instead. ``shaped_by`` is set by the core: the
+    last plugin whose ``transform_request`` ran on it (named when its head is refused).
     """
 
-    __slots__ = ("body", "headers", "method", "path", "query", "upstream")
+    __slots__ = ("body", "headers", "method", "path", "query", "shaped_by", "upstream")
 
     def __init__(
         self,
@@ -144,3 +145,4 @@ class UpstreamRequest:
         self.headers = headers
         self.upstream = upstream
         self.body = body
+        self.shaped_by: str | None = None

@@ -13,7 +13,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
@@ -22,7 +22,7 @@ import pluggy
 from pydantic import BaseModel, ValidationError
 
 from . import hookspecs
-from .chain import Chain, Step
+from .chain import Chain, Step, bind
 from .config import Config, ConfigIssue, suggest, validation_issues
 
 ENTRY_POINT_GROUP = "pygate"
@@ -217,7 +217,7 @@ class ChainBuilder:
         self.issues: list[ConfigIssue] = []
         self.context = {"base_dir": base_dir, "source": source}
         self._seen: dict[tuple[str, str], Any] = {}
-        self._impls: dict[str, list[tuple[str, Any, bool, tuple[int, ...] | None]]] = {}
+        self._impls: dict[str, list[tuple[str, Callable[..., Any], bool]]] = {}
 
     def validate(self, name: str, raw: dict[str, Any], where: str) -> Any:
         info = self.plugins.info[name]
@@ -237,9 +237,10 @@ class ChainBuilder:
         return config
 
     def _implementations(self, name: str
-                         ) -> list[tuple[str, Any, bool, tuple[int, ...] | None]]:
-        """``(hook, function, is_async, argument indexes)`` of each request hook the plugin
-        implements: looked up once per plugin, not once per route."""
+                         ) -> list[tuple[str, Callable[..., Any], bool]]:
+        """``(hook, call, is_async)`` of each request hook the plugin implements (``call``
+        takes the hook's full arguments: :func:`pygate.chain.bind`): looked up once per
+        plugin, not once per route."""
         found = self._impls.get(name)
         if found is None:
             found = []
@@ -250,8 +251,8 @@ class ChainBuilder:
                 full = hookspecs.HOOK_ARGS[hook]
                 argnames = tuple(impl.argnames)
                 args = None if argnames == full else tuple(full.index(a) for a in argnames)
-                found.append((hook, impl.function, inspect.iscoroutinefunction(impl.function),
-                              args))
+                found.append((hook, bind(impl.function, args),
+                              inspect.iscoroutinefunction(impl.function)))
             self._impls[name] = found
         return found
 
@@ -265,8 +266,8 @@ class ChainBuilder:
         ordered = sorted(configs, key=lambda n: (-self.plugins.info[n].priority, n))
         steps: dict[str, list[Step]] = {hook: [] for hook in hookspecs.REQUEST_HOOKS}
         for name in ordered:
-            for hook, func, is_async, args in self._implementations(name):
-                steps[hook].append(Step(plugin=name, func=func, is_async=is_async, args=args,
+            for hook, call, is_async in self._implementations(name):
+                steps[hook].append(Step(plugin=name, call=call, is_async=is_async,
                                         config=configs[name]))
         # post_response runs in reverse priority order (Envoy's encoder side)
         phases = {hook: tuple(reversed(found) if hook == "post_response" else found)

@@ -15,6 +15,7 @@ import sys
 from typing import Any
 
 import jwt
+import pytest
 from aiohttp import web
 
 from pygate import hookimpl
@@ -385,9 +386,9 @@ async def test_plugin_cannot_inject_bytes_into_the_upstream_request(
                         "aggregate": {"calls": {"a": {"upstream": up.url, "path": "/a"}}}}],
         }, plugins={"injector": Injector(**changes)})
         try:
-            for path in ("/api/x", "/agg"):
+            for path, headers in (("/api/x", {}), ("/agg", {}), ("/api/ws", WS_UPGRADE)):
                 with capture_logs() as logs:
-                    status, _, body = await gw.request("GET", path)
+                    status, _, body = await gw.request("GET", path, headers=headers)
                 assert status == 500, (case, path, body)
                 assert body["detail"] == "the gateway could not process this request"
                 named = [entry for entry in logs if entry.get("plugin") == "injector"]
@@ -395,6 +396,46 @@ async def test_plugin_cannot_inject_bytes_into_the_upstream_request(
         finally:
             await gw.close()
     assert up.connections == 0 and received == b""  # never a byte on the wire
+
+
+WS_UPGRADE = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+              "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+
+
+@pytest.mark.parametrize("guilty", ["first", "second"])
+async def test_the_plugin_that_broke_the_request_is_named_in_a_chain_of_two(
+        raw_upstream: Any, guilty: str) -> None:
+    """The head is checked after each step: the first plugin's damage names it, not the
+    second that ran after it; the second's names the second (the last step's request
+    is checked as its head is built)."""
+    from structlog.testing import capture_logs
+
+    from pygate.testing import start_gateway
+
+    async def record(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+
+    up = await raw_upstream(record)
+    bad, good = Injector(header=("X-Note", "ok\r\nX-User-Role: admin")), Injector(
+        header=("X-Fine", "yes"))
+    first, second = (bad, good) if guilty == "first" else (good, bad)
+    first.PRIORITY, second.PRIORITY = 20, 10  # type: ignore[misc]  # first runs first
+    gw = await start_gateway({
+        "plugins": {"one": {}, "two": {}},
+        "routes": [{"name": "api", "path": "/api", "upstream": up.url}],
+    }, plugins={"one": first, "two": second})
+    try:
+        with capture_logs() as logs:
+            status, _, _ = await gw.request("GET", "/api/x")
+    finally:
+        await gw.close()
+    assert status == 500
+    blamed = {entry["plugin"] for entry in logs
+              if entry.get("hook") == "transform_request" and "plugin" in entry}
+    assert blamed == {"one" if guilty == "first" else "two"}
+    assert up.connections == 0
 
 
 # ---------------------------------------------------------------------------

@@ -552,14 +552,15 @@ def build_head(method: str, target: str, headers: Iterable[tuple[str, str]], hos
         lines.append("Content-Length: 0")
     lines.append("\r\n")
     data = _raw("\r\n".join(lines))
+    names = [n for n, _ in sent]
     # One CR LF per line (none hidden in a method, target, name or value), no other
     # control byte, then the method, the target and the names as head_problem wants.
     if (data.count(b"\n") != len(lines) or data.count(b"\r") != len(lines)
             or data.translate(None, _HEAD_BYTES)
             or not _METHOD.fullmatch(method) or not target
             or _raw(target).translate(None, _TARGET_BYTES)
-            or _raw("".join([n for n, _ in sent])).translate(None, _TOKEN_BYTES)
-            or any(not n for n, _ in sent)):
+            or _raw("".join(names)).translate(None, _TOKEN_BYTES)
+            or "" in names):
         raise InvalidHead(head_problem(method, target, sent)
                           or "the request head holds a line break or control character")
     return data, chunked, length

@@ -24,6 +24,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict
 from yarl import URL
 
+from ..chain import invalid_request
 from ..context import Context, UpstreamRequest
 from ..errors import (
     BadGateway,
@@ -167,12 +168,13 @@ async def send(
         try:
             async with timer:
                 response = await pool.request(method, path, headers.items(), data)  # type: ignore[arg-type]
+        except InvalidHead as exc:  # nothing was sent
+            target.active -= 1
+            upstream.abandoned(target, ctx)
+            raise refused_head(upstream_request, ctx, upstream, str(exc)) from None
         except Exception as exc:
             target.active -= 1
             error, retryable, blame = _classify(exc, upstream, timer.expired())
-            if isinstance(exc, InvalidHead):
-                log.error("upstream request head refused", request_id=ctx.request_id,
-                          upstream=upstream.name, problem=str(exc))
             if blame is None:
                 upstream.abandoned(target, ctx)
             else:
@@ -206,6 +208,18 @@ async def send(
             return response
         assert error is not None
         raise error
+
+
+def refused_head(upstream_request: UpstreamRequest, ctx: Context, upstream: Upstream,
+                 problem: str) -> Exception:
+    """The error for a request head that would inject bytes (nothing is sent): a
+    failure of the plugin whose ``transform_request`` shaped it last, else a defect
+    of ours; 500 either way, logged."""
+    if upstream_request.shaped_by is not None:
+        return invalid_request(upstream_request.shaped_by, ctx, problem)
+    log.error("upstream request head refused", request_id=ctx.request_id,
+              upstream=upstream.name, problem=problem)
+    return GatewayError("the gateway could not process this request", status=500)
 
 
 def _replayable(data: object) -> bool:
@@ -250,9 +264,6 @@ def _classify(exc: BaseException, upstream: Upstream, expired: bool
         if isinstance(exc.__cause__, ssl.SSLError):
             return BadGateway(f"{name} failed the TLS handshake"), False, "TLS handshake failed"
         return BadGateway(f"{name} refused the connection"), True, "connection refused"
-    if isinstance(exc, InvalidHead):  # a defect of ours or a plugin's: logged by send
-        return GatewayError("the gateway could not process this request", status=500), \
-            False, None
     cause = exc.__cause__
     if isinstance(cause, GatewayError):
         return cause, False, None

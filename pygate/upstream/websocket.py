@@ -36,7 +36,8 @@ from ..context import Context, UpstreamRequest
 from ..errors import BadGateway, BadRequest, GatewayError, GatewayTimeout, ServiceUnavailable
 from ..sanitize import strip_hop_by_hop
 from . import Target, Upstream
-from .forward import Streamer, target_url
+from .client import head_problem
+from .forward import Streamer, refused_head, target_url
 
 if TYPE_CHECKING:
     from ..app import Gateway
@@ -171,6 +172,12 @@ async def connect(
     if version is None or not valid_key(request.headers.get("Sec-WebSocket-Key", "")) or \
             not web.WebSocketResponse().can_prepare(request):
         raise BadRequest("malformed WebSocket handshake")
+    query = upstream_request.query
+    problem = head_problem(upstream_request.method,
+                           f"{upstream_request.path}?{query}" if query else upstream_request.path,
+                           upstream_request.headers)
+    if problem is not None:  # a plugin's transform_request broke the head: send nothing
+        raise refused_head(upstream_request, ctx, upstream, problem)
     session = gateway.client  # the gateway's one aiohttp session (no cookie jar)
     assert session is not None, "upstream used before the gateway started"
     max_size = gateway.max_body

@@ -11,12 +11,18 @@ from __future__ import annotations
 from aiohttp import web
 from pydantic import BaseModel
 
-from pygate.plugin import Context, UpstreamRequest, hookimpl
+from pygate.plugin import Context, Gateway, UpstreamRequest, hookimpl
 
 from .config import HeadersConfig
 from .transform import apply, set_identity
 
+NAME = "headers"  # the entry point's name: the [plugins.headers] table
+
 PRIORITY = 800
+
+IDENTITIES = "identities"
+"""``gateway.state(NAME)[IDENTITIES]``: recent identities' header values
+(:func:`pygate_headers.transform.set_identity`)."""
 
 
 @hookimpl
@@ -25,16 +31,28 @@ def config_schema() -> type[BaseModel]:
 
 
 @hookimpl
+def startup(gateway: Gateway) -> None:
+    gateway.state(NAME)[IDENTITIES] = {}
+
+
+@hookimpl
 def transform_request(ctx: Context, upstream_request: UpstreamRequest) -> None:
     config: HeadersConfig = ctx.config
-    apply(upstream_request.headers, config.request)
-    set_identity(upstream_request.headers, config.identity, ctx.identity)
+    headers = upstream_request.headers
+    edits = config.request
+    if edits.remove or edits.rename or edits.add:
+        apply(headers, edits)
+    set_identity(headers, config.identity, ctx.identity,
+                 ctx.gateway.state(NAME)[IDENTITIES])
 
 
 @hookimpl
 def post_response(ctx: Context, response: web.StreamResponse) -> None:
     config: HeadersConfig = ctx.config
-    apply(response.headers, config.response)
+    edits = config.response
+    if edits.remove or edits.rename or edits.add:
+        apply(response.headers, edits)
 
 
-__all__ = ["PRIORITY", "HeadersConfig", "config_schema", "post_response", "transform_request"]
+__all__ = ["NAME", "PRIORITY", "HeadersConfig", "config_schema", "post_response", "startup",
+           "transform_request"]

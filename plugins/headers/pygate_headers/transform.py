@@ -57,34 +57,66 @@ def header_value(value: Any) -> str | None:
     Control characters (CR, LF, NUL...) are dropped, so no identity field can
     split or end a header.
     """
-    if value is None:
+    if isinstance(value, str):
+        text = value
+    elif value is None:
         return None
-    if isinstance(value, bool):
+    elif isinstance(value, bool):
         text = "true" if value else "false"
     elif isinstance(value, list | tuple | set | frozenset):
         items = [header_value(item) for item in value]
-        text = ",".join(item for item in items if item)
+        text = ",".join([item for item in items if item])
     elif isinstance(value, dict):
         text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
     else:
         text = str(value)
-    text = _CONTROL.sub("", text).strip()
-    return text or None
+    if not (text.isascii() and text.isprintable()):  # printable ASCII holds no control
+        text = _CONTROL.sub("", text)
+    return text.strip() or None
+
+
+KNOWN_IDENTITIES = 1024
+"""Identities whose header values are remembered; past it the memory starts over."""
 
 
 def set_identity(headers: CIMultiDict[str], mapping: Mapping[str, str],
-                 identity: Identity | None) -> None:
+                 identity: Identity | None,
+                 known: dict[tuple[int, int], tuple[Any, list[tuple[str, str]]]] | None = None
+                 ) -> None:
     """Strip every copy of the identity headers, then set them from ``identity``.
 
     The stripping always happens, also for anonymous requests, so a client can
     never pass its own ``X-User-Id`` to an upstream. A field the identity lacks
-    (or an empty one) leaves its header absent.
+    (or an empty one) leaves its header absent. ``known`` remembers the values of
+    recent identities, by mapping and identity (an authentication plugin's cache
+    hands out the same identity object for the same credential, and an identity
+    never changes); it keeps the identity, so a reused ``id()`` is told apart.
     """
     for name in mapping:
         headers.popall(name, None)
     if identity is None:
         return
+    if known is None:
+        values = identity_values(mapping, identity)
+    else:
+        known_as = (id(mapping), id(identity))  # the mapping lives as long as the gateway
+        found = known.get(known_as)
+        if found is not None and found[0] is identity:
+            values = found[1]
+        else:
+            if len(known) >= KNOWN_IDENTITIES:
+                known.clear()
+            values = identity_values(mapping, identity)
+            known[known_as] = (identity, values)
+    for name, value in values:
+        headers[name] = value
+
+
+def identity_values(mapping: Mapping[str, str], identity: Identity) -> list[tuple[str, str]]:
+    """``(header, value)`` for each identity header whose field has a value."""
+    values = []
     for name, field in mapping.items():
         value = header_value(identity.get(field))
         if value is not None:
-            headers[name] = value
+            values.append((name, value))
+    return values

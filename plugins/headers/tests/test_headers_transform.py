@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from multidict import CIMultiDict
 from pygate_headers.config import Edits, HeadersConfig, ResponseEdits
-from pygate_headers.transform import apply, header_value, set_identity
+from pygate_headers.transform import KNOWN_IDENTITIES, apply, header_value, set_identity
 
 from pygate.plugin import Identity
 
@@ -51,3 +51,23 @@ def test_set_identity_strips_every_copy() -> None:
     headers = CIMultiDict([("x-user-id", "a"), ("X-User-Role", "r")])
     set_identity(headers, mapping, Identity(id="u", roles=("x", "y")))
     assert list(headers.items()) == [("X-User-Id", "u"), ("X-User-Role", "x,y")]
+
+
+def test_remembered_identity_values_follow_the_identity() -> None:
+    """Values are remembered per identity object: another identity (or another mapping)
+    gets its own, and the memory is bounded."""
+    known: dict = {}
+    mapping = {"X-User-Id": "id", "X-User-Role": "roles"}
+    alice, bob = Identity(id="alice", roles=("admin",)), Identity(id="bob", roles=())
+    for identity, expected in ((alice, ["alice", "admin"]), (bob, ["bob", None]),
+                               (alice, ["alice", "admin"])):
+        headers = CIMultiDict({"X-User-Id": "forged"})
+        set_identity(headers, mapping, identity, known)
+        assert [headers.get("X-User-Id"), headers.get("X-User-Role")] == expected
+    other = {"X-Subject": "id"}
+    headers = CIMultiDict()
+    set_identity(headers, other, alice, known)
+    assert dict(headers) == {"X-Subject": "alice"}
+    for index in range(KNOWN_IDENTITIES + 5):
+        set_identity(CIMultiDict(), mapping, Identity(id=f"u{index}"), known)
+    assert len(known) <= KNOWN_IDENTITIES

@@ -32,15 +32,15 @@ from .verify import (
 STATE_CLAIMS = "jwt.claims"  # ctx.state key holding the verified claims
 
 
-def extract_token(request: web.BaseRequest, sources: Sequence[str]) -> str | None:
+def extract_token(request: web.BaseRequest, sources: Sequence[tuple[str, str]]) -> str | None:
     """The token from the first configured source that carries one.
 
+    ``sources`` are ``(kind, name)`` pairs (``JwtConfig.token_sources``).
     ``header:Authorization`` takes the ``Bearer`` scheme only (another scheme
     counts as no token, for another plugin to handle); other headers may carry
     the bare token or ``Bearer TOKEN``.
     """
-    for source in sources:
-        kind, _, name = source.partition(":")
+    for kind, name in sources:
         value: str | None
         if kind == "header":
             value = request.headers.get(name)
@@ -54,8 +54,10 @@ def extract_token(request: web.BaseRequest, sources: Sequence[str]) -> str | Non
             value = request.cookies.get(name)
         else:
             value = request.query.get(name)
-        if value is not None and value.strip():
-            return value.strip()
+        if value is not None:
+            value = value.strip()
+            if value:
+                return value
     return None
 
 
@@ -98,7 +100,7 @@ async def authenticate(request: web.BaseRequest, config: JwtConfig, runtime: Run
 
     ``runtime`` is what ``startup`` prepared for ``config`` (``None``: it did not run).
     """
-    token = extract_token(request, config.token_from)
+    token = extract_token(request, config.token_sources)
     if token is None:
         if config.optional:
             return None

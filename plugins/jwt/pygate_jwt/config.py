@@ -86,6 +86,7 @@ class JwtConfig(BaseModel):
     cache_ttl: Duration = 300.0
 
     _key: bytes | PublicKey | None = PrivateAttr(default=None)
+    _sources: tuple[tuple[str, str], ...] = PrivateAttr(default=())
 
     # -- field checks (algorithms first: the key sources are checked against it) --
 
@@ -192,6 +193,8 @@ class JwtConfig(BaseModel):
         if len(given) > 1:
             raise ValueError(f"give only one of secret, public_key or jwks_url "
                              f"(found {' and '.join(given)})")
+        self._sources = tuple((kind, name) for kind, _, name in
+                              (source.partition(":") for source in self.token_from))
         if self.secret is not None:
             self._key = secret_bytes(self.secret.get_secret_value())
         elif self.public_key is not None:
@@ -206,6 +209,11 @@ class JwtConfig(BaseModel):
     def static_key(self) -> bytes | PublicKey | None:
         """The HMAC secret or public key; ``None`` when keys come from ``jwks_url``."""
         return self.__pydantic_private__["_key"]  # type: ignore[index]
+
+    @property
+    def token_sources(self) -> tuple[tuple[str, str], ...]:
+        """``token_from`` parsed: ``(kind, name)`` pairs, ``("header", "Authorization")``."""
+        return self.__pydantic_private__["_sources"]  # type: ignore[index]
 
     @property
     def audiences(self) -> list[str] | None:

@@ -32,6 +32,10 @@ TOKEN_BUCKET = "token-bucket"
 
 State = tuple[int, ...]
 
+# Outcome, Step and Decision are made on every request: plain slotted dataclasses, not
+# frozen ones (whose __init__ sets each field through object.__setattr__, three times
+# the instructions). Nothing changes them once made.
+
 
 @dataclass(frozen=True, slots=True)
 class Limit:
@@ -41,7 +45,7 @@ class Limit:
     window_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Outcome:
     """One limit's verdict on one request.
 
@@ -64,7 +68,7 @@ class Outcome:
     retry_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Step:
     """An outcome, and the state to store (with its time to live) if the request passes."""
 
@@ -73,7 +77,7 @@ class Step:
     ttl_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Decision:
     """The verdict over every limit, in whole seconds, as the response headers show it."""
 
@@ -191,6 +195,12 @@ def decide(outcomes: Sequence[Outcome]) -> Decision:
     gives ``RateLimit-*``. Refused: the refusing limit that frees last gives them, and
     ``Retry-After`` is when every limit admits again.
     """
+    if len(outcomes) == 1:
+        only = outcomes[0]
+        if only.allowed:
+            return Decision(True, only.limit, only.remaining, -(-only.reset_ms // 1000), 0)
+        seconds = max(1, -(-only.retry_ms // 1000))
+        return Decision(False, only.limit, 0, seconds, seconds)
     refused = [o for o in outcomes if not o.allowed]
     if refused:
         worst = max(refused, key=lambda o: (o.retry_ms, -o.limit))

@@ -31,6 +31,7 @@ from urllib.parse import urlsplit, urlunsplit
 import structlog
 
 from .algorithms import (
+    ALGORITHMS,
     FIXED_WINDOW,
     SLIDING_WINDOW,
     TOKEN_BUCKET,
@@ -117,12 +118,25 @@ class MemoryStore:
         self.clock = clock
         # key -> (state, expires_at_us); roughly in write order, for the sweep
         self.entries: OrderedDict[str, tuple[State, int]] = OrderedDict()
+        self._sweep_at = 0  # the oldest entry's expiry when last looked at
 
     def check_now(self, keys: Sequence[str], algorithm: str,
                   limits: Sequence[Limit]) -> list[Outcome]:
         """The whole check, synchronously: nothing else runs between read and write."""
-        now = self.clock()
+        clock = self.clock
+        now = time.time_ns() // 1000 if clock is wall_clock_us else clock()
         entries = self.entries
+        if len(keys) == 1:  # the usual case, without the lists
+            key = keys[0]
+            entry = entries.get(key)
+            step = ALGORITHMS[algorithm](
+                entry[0] if entry is not None and entry[1] > now else None, now, limits[0])
+            if step.outcome.allowed:
+                entries[key] = (step.state, now + step.ttl_ms * 1000)
+                entries.move_to_end(key)
+            if now >= self._sweep_at:
+                self._sweep(now)
+            return [step.outcome]
         states: list[State | None] = []
         for key in keys:
             entry = entries.get(key)
@@ -132,16 +146,21 @@ class MemoryStore:
             for key, step in zip(keys, steps, strict=True):
                 entries[key] = (step.state, now + step.ttl_ms * 1000)
                 entries.move_to_end(key)
-        self._sweep(now)
+        if now >= self._sweep_at:
+            self._sweep(now)
         return [step.outcome for step in steps]
 
     def _sweep(self, now: int) -> None:
+        """Drop expired entries from the old end, at most a batch at a time; until the
+        oldest one left expires, checks skip the sweep."""
         entries = self.entries
         for _ in range(self.SWEEP_BATCH):
             if not entries:
+                self._sweep_at = 0
                 return
             key, (_, expires) = next(iter(entries.items()))
             if expires > now:
+                self._sweep_at = expires
                 return
             del entries[key]
 

@@ -416,3 +416,29 @@ async def test_exactly_limit_pass_under_50_concurrent_clients(pygate_gateway, fa
     assert len(upstream.requests) == 37
     assert pygate_rate_limit.metrics["allowed"] - before["allowed"] == 37
     assert pygate_rate_limit.metrics["limited"] - before["limited"] == 113
+
+
+def test_store_keys_are_made_once_per_caller_and_route() -> None:
+    from aiohttp.test_utils import make_mocked_request
+    from pygate_rate_limit import KNOWN_KEYS, keys_for
+    from pygate_rate_limit.config import RateLimitConfig
+
+    from pygate.plugin import Context, RouteInfo
+
+    config = RateLimitConfig(limit=5, window=60.0, key="ip")
+    known: dict = {}
+    request = make_mocked_request("GET", "/")
+
+    def keys(ip: str, route: str) -> list[str]:
+        ctx = Context(request_id="r", client_ip=ip, method="GET", path="/", start=0.0)
+        ctx.route = RouteInfo(route, {})
+        return keys_for(request, ctx, config, known)
+
+    first = keys("10.0.0.1", "a")
+    assert keys("10.0.0.1", "a") is first  # made once
+    assert keys("10.0.0.2", "a") != first and keys("10.0.0.1", "b") != first
+    assert first == ["pygate:rl:{r=a|ip=10.0.0.1}:sw:60000:5"]
+    for index in range(KNOWN_KEYS + 5):
+        keys(f"10.1.{index // 256}.{index % 256}", "a")
+    assert len(known) <= KNOWN_KEYS
+    assert keys("10.0.0.1", "a") == first  # made again after the memory started over
