@@ -13,6 +13,7 @@ of the chain, which applies that hook's result rule (STYLE.md section 2):
 ``aggregate``                 first non-None body, else the core's default
 ``post_response``             all run, in reverse priority order
 ``log``                       all run after the response, never raising
+                              (:class:`LogQueue`)
 ============================  ==========================================
 
 and the plugin-failure rule: an exception other than a :class:`GatewayError`
@@ -212,20 +213,9 @@ class Chain:
             except Exception as exc:
                 raise failure(step, "post_response", ctx, exc) from exc
 
-    def schedule_log(self, ctx: Context, record: dict[str, Any],
-                     loop: asyncio.AbstractEventLoop,
-                     tasks: set[asyncio.Task[None]]) -> None:
-        """``log``: all run after this handler returns, never delaying the client:
-        plain functions in one loop callback, coroutines in a task added to ``tasks``
-        (so a shutdown can wait for them). Errors are logged, never raised."""
-        if self.log_is_sync:
-            loop.call_soon(self._log_sync, ctx, record)
-            return
-        task = loop.create_task(self._log_async(ctx, record))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-
-    def _log_sync(self, ctx: Context, record: dict[str, Any]) -> None:
+    def run_log(self, ctx: Context, record: dict[str, Any]) -> None:
+        """``log`` when every implementation is a plain function (:attr:`log_is_sync`):
+        all run; errors are logged, never raised."""
         for step in self.log:
             ctx.config = step.config
             try:
@@ -233,7 +223,8 @@ class Chain:
             except Exception as exc:  # a log hook never fails a request
                 failure(step, "log", ctx, exc)
 
-    async def _log_async(self, ctx: Context, record: dict[str, Any]) -> None:
+    async def run_log_async(self, ctx: Context, record: dict[str, Any]) -> None:
+        """``log`` with some coroutine implementation: all run, in order."""
         for step in self.log:
             ctx.config = step.config
             try:
@@ -242,6 +233,43 @@ class Chain:
                     await result
             except Exception as exc:  # a log hook never fails a request
                 failure(step, "log", ctx, exc)
+
+
+class LogQueue:
+    """The ``log`` phase, after the responses, never delaying a client.
+
+    Records whose chain has only plain-function log hooks wait in a list that one
+    loop callback empties, once per loop iteration for every request that finished
+    in it (one callback, not one per request); a chain with a coroutine hook runs in
+    a task of its own, kept in :attr:`tasks` until done so a shutdown can wait.
+    """
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[Chain, Context, dict[str, Any]]] = []
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def put(self, chain: Chain, ctx: Context, record: dict[str, Any]) -> None:
+        if chain.log_is_sync:
+            pending = self._pending
+            pending.append((chain, ctx, record))
+            if len(pending) == 1:
+                asyncio.get_running_loop().call_soon(self.flush)
+            return
+        task = asyncio.get_running_loop().create_task(chain.run_log_async(ctx, record))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def flush(self) -> None:
+        """Run the waiting records' log hooks now."""
+        pending, self._pending = self._pending, []
+        for chain, ctx, record in pending:
+            chain.run_log(ctx, record)
+
+    async def drain(self) -> None:
+        """Run what waits, and let the tasks finish (5 s at most)."""
+        self.flush()
+        if self.tasks:
+            await asyncio.wait(list(self.tasks), timeout=5)
 
 
 async def _first(steps: tuple[Step, ...], hook: str, request: web.BaseRequest, ctx: Context

@@ -12,7 +12,6 @@ naming the plugin in the log, and the next request is served as usual.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +21,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
 from .app import Gateway, RoutePlan
-from .chain import Chain, PluginFailure
+from .chain import Chain, LogQueue, PluginFailure
 from .context import Context, RouteInfo
 from .errors import (
     BadRequest,
@@ -61,14 +60,7 @@ class Pipeline:
         self.on_gw = InFlight()  # those of them that run on self.gw, for a reload
         self.draining = False  # set when the drain starts: every response closes
         self.stats: Stats | None = None  # per-route counters, with [admin] only
-        self._log_tasks: set[asyncio.Task[None]] = set()
-
-    @property
-    def _loop(self) -> asyncio.AbstractEventLoop:
-        loop = self.__dict__.get("loop")
-        if loop is None:
-            loop = self.__dict__["loop"] = asyncio.get_running_loop()
-        return loop
+        self.logs = LogQueue()  # the log hooks' work, after the responses
 
     def switch(self, gateway: Gateway) -> InFlight:
         """Handle new requests with ``gateway`` (a reload); the old gateway's in-flight count.
@@ -129,8 +121,7 @@ class Pipeline:
                 response.force_close()
             await self._send(request, response, stream, ctx)
             if chain.log:
-                chain.schedule_log(ctx, self.record(ctx, request, response), self._loop,
-                                   self._log_tasks)
+                self.logs.put(chain, ctx, self.record(ctx, request, response))
             if self.stats is not None:
                 self.stats.note(ctx)  # filed by a loop callback, after the response
             return response
@@ -260,12 +251,11 @@ class Pipeline:
         record = access_record(ctx)
         record["query"] = ""
         record["cache"] = None
-        chain.schedule_log(ctx, record, self._loop, self._log_tasks)
+        self.logs.put(chain, ctx, record)
 
     async def wait_for_logs(self) -> None:
         """Let scheduled log hooks finish (before the gateway's plugins shut down)."""
-        if self._log_tasks:
-            await asyncio.wait(list(self._log_tasks), timeout=5)
+        await self.logs.drain()
 
 
 def switches_protocol(request: web.BaseRequest) -> bool:
@@ -319,7 +309,8 @@ def access_record(ctx: Context) -> dict[str, Any]:
         "upstream": ctx.upstream,
         "target": ctx.target,
         "status": ctx.status,
-        "duration_ms": round((time.monotonic() - ctx.start) * 1000, 3),
+        # whole microseconds, in ms: round(x, 3) costs ten times the instructions
+        "duration_ms": int((time.monotonic() - ctx.start) * 1_000_000) / 1000,
         "bytes_in": ctx.bytes_in,
         "bytes_out": ctx.bytes_out,
         "client_ip": ctx.client_ip,

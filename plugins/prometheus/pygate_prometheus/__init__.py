@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from pygate.plugin import Gateway, hookimpl
+from pygate.plugin import Context, Gateway, hookimpl
 
 from . import metrics as _metrics
 from .config import PrometheusConfig
@@ -67,7 +67,8 @@ def shutdown(gateway: Gateway) -> None:
 
 
 @hookimpl
-def log(record: dict[str, Any]) -> None:
+def log(ctx: Context, record: dict[str, Any]) -> None:
+    # ctx is unused, but an implementation taking every argument is called directly
     metrics = _metrics.current()
     if metrics is not None:
         metrics.observe(record)
