@@ -226,10 +226,7 @@ class Pipeline:
     @staticmethod
     def record(ctx: Context, request: web.BaseRequest, response: web.StreamResponse
                ) -> dict[str, Any]:
-        record = access_record(ctx)
-        record["query"] = request.query_string
-        record["cache"] = response.headers.get("X-Cache")
-        return record
+        return access_record(ctx, request.query_string, response.headers.get("X-Cache"))
 
     def refused(self, conn: RequestHandler, status: int, detail: str, rid: str) -> None:
         """An access line for a request refused before the pipeline saw it (the HTTP
@@ -248,10 +245,7 @@ class Pipeline:
             self.stats.note(ctx)
         if not chain.log:
             return
-        record = access_record(ctx)
-        record["query"] = ""
-        record["cache"] = None
-        self.logs.put(chain, ctx, record)
+        self.logs.put(chain, ctx, access_record(ctx, "", None))
 
     async def wait_for_logs(self) -> None:
         """Let scheduled log hooks finish (before the gateway's plugins shut down)."""
@@ -298,14 +292,16 @@ def client_fault(request: web.BaseRequest, exc: Exception) -> GatewayError | Non
     return None
 
 
-def access_record(ctx: Context) -> dict[str, Any]:
+def access_record(ctx: Context, query: str, cache: str | None) -> dict[str, Any]:
+    """The ``log`` hooks' record of one request (docs/plugin-hooks.md lists the keys)."""
     identity = ctx.identity
+    route = ctx.route
     return {
         "time": time.time(),
         "request_id": ctx.request_id,
         "method": ctx.method,
         "path": ctx.path,
-        "route": ctx.route.name if ctx.route else None,
+        "route": route.name if route is not None else None,
         "upstream": ctx.upstream,
         "target": ctx.target,
         "status": ctx.status,
@@ -314,6 +310,10 @@ def access_record(ctx: Context) -> dict[str, Any]:
         "bytes_in": ctx.bytes_in,
         "bytes_out": ctx.bytes_out,
         "client_ip": ctx.client_ip,
-        "consumer": identity.get("consumer") if identity else None,
+        # Identity.get("consumer"), without the call
+        "consumer": (identity.consumer if identity.consumer is not None else identity.id)
+        if identity is not None else None,
         "error": ctx.error,
+        "query": query,
+        "cache": cache,
     }
