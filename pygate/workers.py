@@ -20,6 +20,7 @@ forks one worker per slot; a worker serves its slot's socket with
 SIGTERM/SIGINT: close the sockets, SIGTERM every worker (each drains), SIGKILL
 those still running after ``drain_timeout`` + :data:`KILL_GRACE`, exit 0.
 SIGHUP: validate the file again; if valid, SIGHUP every worker (each reloads).
+SIGUSR1: the same, asked for by ``POST /reload`` (logged with trigger ``admin``).
 With ``--watch`` the supervisor also polls the files (:mod:`pygate.watch`)
 and reloads the same way when they change.
 
@@ -67,7 +68,9 @@ KILL_GRACE = 2.0
 # The supervisor's loop wakes at least this often, whatever it waits for.
 TICK = 5.0
 
-_HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
+# SIGUSR1: a reload asked for through the admin listener (the worker serving it validated
+# the file and signals the supervisor), logged with trigger "admin" rather than "signal".
+_HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGCHLD)
 
 
 class Supervisor:
@@ -222,6 +225,8 @@ class Supervisor:
                 self._stop(signal.Signals(signum).name)
             elif signum == signal.SIGHUP:
                 self._reload("signal")
+            elif signum == signal.SIGUSR1:
+                self._reload("admin")
 
     # -- workers -----------------------------------------------------------
 
@@ -280,6 +285,7 @@ class Supervisor:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # until the event loop takes over
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # re-sent once the worker listens
+        signal.signal(signal.SIGUSR1, signal.SIG_DFL)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         os.close(self._wake_r)
         os.close(self._wake_w)

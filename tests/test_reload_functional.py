@@ -119,6 +119,9 @@ async def test_ten_reloads_under_load_fail_no_request(
     assert load.failures == [], load.failures[:10]
     assert load.ok > 100, load.ok
     assert len(events(gw, "reloaded")) == 10 * workers
+    # the process that decides (the supervisor with workers) names what asked for it
+    deciding = [e for e in events(gw, "reloading") if "worker" not in e]
+    assert deciding and {e.get("trigger") for e in deciding} == {trigger}, deciding[:3]
     assert not events(gw, "reload refused") and not events(gw, "reload failed")
     # The upstream pool survived every reload: no new connection per reload (at most one
     # per concurrent request: the load's clients and the test's own; rebuilt pools would

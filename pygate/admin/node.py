@@ -6,9 +6,9 @@ and reloads through its :class:`pygate.reload.Reloader`.
 :class:`ClusterNode` (``--workers N``, in worker 1, which serves the admin
 listener): per-worker answers (status, upstreams, stats, cache purge) are
 gathered from every worker's control socket (:mod:`.control`) and merged; a
-reload is validated here first, then the supervisor is sent SIGHUP (it
-validates again and signals every worker), and the answer waits until every
-worker serves the supervisor's new generation.
+reload is validated here first, then the supervisor is sent SIGUSR1 (it
+validates again, logging trigger "admin", and signals every worker), and the
+answer waits until every worker serves the supervisor's new generation.
 """
 
 from __future__ import annotations
@@ -148,7 +148,8 @@ class ClusterNode(SingleNode):
         return answers, missing
 
     async def reload(self) -> dict[str, Any]:
-        """Validate here, SIGHUP the supervisor, wait for every worker's new generation."""
+        """Validate here, signal the supervisor (SIGUSR1), wait for every worker's new
+        generation."""
         async with self._lock:
             reloader = self.local.reloader
             if reloader is None or reloader.load is None:
@@ -159,7 +160,7 @@ class ClusterNode(SingleNode):
                 raise refused(errors)
             del gateway  # validated only: each worker loads the file itself
             before = int(self._state().get("reloads", 0))
-            os.kill(self.cluster.supervisor, signal.SIGHUP)
+            os.kill(self.cluster.supervisor, signal.SIGUSR1)  # the supervisor's "admin" reload
             deadline = time.monotonic() + RELOAD_WITHIN
             while int((state := self._state()).get("reloads", 0)) <= before:
                 if time.monotonic() > deadline:
