@@ -173,11 +173,8 @@ class Chain:
             except Exception as exc:
                 raise failure(step, "transform_request", ctx, exc) from exc
             if step is not last:
-                query = upstream_request.query
-                problem = head_problem(
-                    upstream_request.method,
-                    f"{upstream_request.path}?{query}" if query else upstream_request.path,
-                    upstream_request.headers)
+                problem = head_problem(upstream_request.method, upstream_request.target,
+                                       upstream_request.headers)
                 if problem is not None:
                     raise invalid_request(step.plugin, ctx, problem)
         upstream_request.shaped_by = last.plugin

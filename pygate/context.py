@@ -146,3 +146,9 @@ class UpstreamRequest:
         self.upstream = upstream
         self.body = body
         self.shaped_by: str | None = None
+
+    @property
+    def target(self) -> str:
+        """The request target as written in the request line: ``path`` and ``?query``."""
+        query = self.query
+        return f"{self.path}?{query}" if query else self.path

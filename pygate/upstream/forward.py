@@ -155,8 +155,7 @@ async def send(
         method in IDEMPOTENT and body is None and _replayable(data)) else 0
     target = upstream.pick(ctx, headers=headers)
     tried: list[Target] = []
-    query = upstream_request.query
-    path = f"{upstream_request.path}?{query}" if query else upstream_request.path
+    path = upstream_request.target
     while True:
         ctx.target = target.label
         pool = target.pool

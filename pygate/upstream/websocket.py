@@ -172,9 +172,7 @@ async def connect(
     if version is None or not valid_key(request.headers.get("Sec-WebSocket-Key", "")) or \
             not web.WebSocketResponse().can_prepare(request):
         raise BadRequest("malformed WebSocket handshake")
-    query = upstream_request.query
-    problem = head_problem(upstream_request.method,
-                           f"{upstream_request.path}?{query}" if query else upstream_request.path,
+    problem = head_problem(upstream_request.method, upstream_request.target,
                            upstream_request.headers)
     if problem is not None:  # a plugin's transform_request broke the head: send nothing
         raise refused_head(upstream_request, ctx, upstream, problem)
