@@ -47,6 +47,25 @@ class RouteInfo:
     params: dict[str, str]
 
 
+@dataclass(frozen=True, slots=True)
+class ClientCert:
+    """The client certificate verified during the TLS handshake (PRODUCT.md section 10).
+
+    :param subject: the subject as an RFC 4514 string (``CN=payments-svc,O=Example``).
+    :param cn: the subject's common name, or ``None``.
+    :param sans: the subject alternative names as ``(type, value)`` pairs, types as
+        the ``ssl`` module names them: ``"DNS"``, ``"email"``, ``"URI"``, ``"IP Address"``.
+    :param serial: the serial number, hexadecimal.
+    :param not_after: when the certificate expires, seconds since the epoch.
+    """
+
+    subject: str
+    cn: str | None
+    sans: tuple[tuple[str, str], ...]
+    serial: str
+    not_after: float
+
+
 class Context:
     """Everything the gateway knows about one request, shared by the hooks.
 
@@ -69,6 +88,7 @@ class Context:
         "bytes_in",
         "bytes_out",
         "capture_body",
+        "client_cert",
         "client_ip",
         "config",
         "error",
@@ -116,6 +136,8 @@ class Context:
         # Set by a plugin (before the upstream call) to receive bodies up to this many
         # bytes whole in post_response, as a ``web.Response`` with ``.body`` (cache).
         self.capture_body = 0
+        # The verified TLS client certificate, when the listener asked for one (section 10).
+        self.client_cert: ClientCert | None = None
 
 
 class UpstreamRequest:

@@ -9,7 +9,7 @@ What is here:
 - ``hookimpl``, the marker of hook implementations (the hooks are listed in
   :mod:`pygate.hookspecs` and docs/plugin-hooks.md);
 - the request's view: :class:`Context`, :class:`Identity`, :class:`RouteInfo`,
-  :class:`UpstreamRequest`;
+  :class:`UpstreamRequest`, :class:`ClientCert`;
 - the error types that become RFC 9457 problem documents: :class:`GatewayError`
   and its subclasses, and :func:`problem_response`;
 - the value types of plugin config models: ``Duration``, ``Size``, ``Backend``,
@@ -52,7 +52,7 @@ import structlog
 
 from .config.errors import key_path, suggest
 from .config.values import Backend, Duration, Size
-from .context import Context, Identity, RouteInfo, UpstreamRequest
+from .context import ClientCert, Context, Identity, RouteInfo, UpstreamRequest
 from .errors import (
     BadGateway,
     BadRequest,
@@ -79,8 +79,10 @@ if TYPE_CHECKING:
 
 _log = structlog.get_logger("pygate")
 
-API_VERSION = "1.0"
-"""The version of this module's names and of the hooks' arguments (``MAJOR.MINOR``)."""
+API_VERSION = "1.1"
+"""The version of this module's names and of the hooks' arguments (``MAJOR.MINOR``).
+
+1.1 added :class:`ClientCert` (``ctx.client_cert``)."""
 
 C = TypeVar("C", bound="Closable")
 
@@ -270,6 +272,7 @@ __all__ = [
     "Backend",
     "BadGateway",
     "BadRequest",
+    "ClientCert",
     "Context",
     "Duration",
     "Forbidden",

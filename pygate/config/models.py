@@ -27,6 +27,31 @@ def _workers(value: Any) -> int | str:
     raise ValueError(f'expected a number of workers >= 1 or "auto", found {value!r}')
 
 
+class CertPair(Model):
+    cert: str = Field(min_length=1)
+    key: str = Field(min_length=1)
+
+
+class TlsSection(Model):
+    """``[gateway.tls]`` (PRODUCT.md section 10): the listener speaks TLS only."""
+
+    cert: str = Field(min_length=1)
+    key: str = Field(min_length=1)
+    certs: list[CertPair] = Field(default_factory=list)
+    min_version: Literal["1.2", "1.3"] = "1.2"
+    http2: bool = True
+    client_ca: str | None = None
+    client_cert: Literal["optional", "required"] = "optional"
+    hsts: Duration | None = None
+
+    @field_validator("min_version", mode="before")
+    @classmethod
+    def _version(cls, value: Any) -> Any:
+        if isinstance(value, float | int) and not isinstance(value, bool):
+            return str(value)  # min_version = 1.3 written as a number
+        return value
+
+
 class GatewaySection(Model):
     listen: Listen = "127.0.0.1:8080"
     workers: Annotated[int | str, BeforeValidator(_workers)] = 1
@@ -39,6 +64,11 @@ class GatewaySection(Model):
     path_case: Literal["sensitive", "insensitive"] = "sensitive"
     header_timeout: Duration = Field(default=10.0, gt=0)
     keepalive_timeout: Duration = Field(default=75.0, gt=0)
+    # PRODUCT.md section 10: TLS and HTTP/2 at the edge
+    tls: TlsSection | None = None
+    redirect_http: Listen | None = None
+    h2c: bool = False
+    max_concurrent_streams: int = Field(default=100, ge=1, le=10_000)
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -83,6 +113,17 @@ class HealthConfig(Model):
     healthy: int = Field(default=2, ge=1)
 
 
+class UpstreamTls(Model):
+    """``tls`` of an upstream: how its ``https://`` targets are verified and
+    whom the gateway presents itself as (PRODUCT.md section 10)."""
+
+    ca: str | None = None
+    verify: bool = True
+    server_name: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+
 class BreakerConfig(Model):
     failures: int = Field(default=5, ge=1)
     cooldown: Duration = 30.0
@@ -98,6 +139,7 @@ class UpstreamConfig(Model):
     max_connections: int = Field(default=256, ge=1)
     health: HealthConfig | None = None
     breaker: BreakerConfig | None = None
+    tls: UpstreamTls | None = None
 
     @field_validator("hash_on")
     @classmethod
