@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import errno
 import socket
+import ssl
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -28,6 +30,9 @@ ACCEPT_BATCH = 512
 
 BACKLOG = 1024
 """The listen queue length of the gateway's sockets."""
+
+HANDSHAKE_TIMEOUT = 10.0
+"""Seconds a client has to complete the TLS handshake."""
 
 ACCEPT_PAUSE = 1.0
 """Seconds without accepting after the process ran out of descriptors or memory."""
@@ -128,21 +133,35 @@ class _Listening(asyncio.AbstractServer):
         return None
 
 
+ProtocolFactory = Callable[[], asyncio.BaseProtocol]
+
+
 class AcceptSite(web.BaseSite):
-    """Serve a bound, listening socket through ``runner``, accepting in batches."""
+    """Serve a bound, listening socket through ``runner``, accepting in batches.
 
-    __slots__ = ("_connecting", "_sock")
+    Each accepted connection gets a protocol from ``factory`` (by default the
+    runner's server: HTTP/1.1) and, with ``ssl``, a TLS handshake first. Both
+    are read per connection, so a reload may replace them (a renewed
+    certificate): open connections keep what they started with.
+    """
 
-    def __init__(self, runner: web.BaseRunner, sock: socket.socket) -> None:
+    __slots__ = ("_connecting", "_sock", "factory", "ssl")
+
+    def __init__(self, runner: web.BaseRunner, sock: socket.socket, *,
+                 factory: ProtocolFactory | None = None,
+                 ssl: ssl.SSLContext | None = None) -> None:
         super().__init__(runner)
         self._sock = sock
         self._connecting: set[asyncio.Task[Any]] = set()
+        self.factory = factory
+        self.ssl = ssl
 
     @property
     def name(self) -> str:
         host, port = self._sock.getsockname()[:2]
         host = f"[{host}]" if ":" in host else host
-        return f"http://{host}:{port}"
+        scheme = "https" if self.ssl is not None else "http"
+        return f"{scheme}://{host}:{port}"
 
     async def start(self) -> None:
         await super().start()
@@ -189,8 +208,13 @@ class AcceptSite(web.BaseSite):
         if server is None:
             conn.close()
             return
+        factory = self.factory or server
         try:
-            await loop.connect_accepted_socket(server, conn)
-        except OSError as exc:  # the client reset the connection meanwhile
+            if self.ssl is None:
+                await loop.connect_accepted_socket(factory, conn)
+            else:
+                await loop.connect_accepted_socket(factory, conn, ssl=self.ssl,
+                                                   ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
+        except (OSError, ssl.SSLError) as exc:  # reset meanwhile, or a failed handshake
             log.debug("accepted connection lost", error=repr(exc))
             conn.close()
