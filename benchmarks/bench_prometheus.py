@@ -76,10 +76,9 @@ OBSERVE_TIMER = """\
 import timeit
 from pygate_prometheus.metrics import process_metrics
 metrics = process_metrics()
-record = {"method": "GET", "route": "bench", "status": 200, "duration_ms": 1.234,
-          "upstream": "bench", "target": "http://127.0.0.1:8000"}
-metrics.observe(record)
-runs = timeit.repeat(lambda: metrics.observe(record), number=100_000, repeat=5)
+args = ("bench", "GET", 200, 0.001234, "bench", "http://127.0.0.1:8000")
+metrics.observe(*args)
+runs = timeit.repeat(lambda: metrics.observe(*args), number=100_000, repeat=5)
 print(min(runs) / 100_000 * 1e6)
 """
 

@@ -117,6 +117,9 @@ class Chain:
     aggregate: tuple[Step, ...] = ()
     post_response: tuple[Step, ...] = ()  # reverse priority order
     log: tuple[Step, ...] = ()
+    # Some log implementation names the ``record`` argument: without one, the access
+    # record is not built (the hooks read ``ctx``; ``record`` is None).
+    log_record: bool = False
 
     @cached_property
     def log_is_sync(self) -> bool:
@@ -210,7 +213,7 @@ class Chain:
             except Exception as exc:
                 raise failure(step, "post_response", ctx, exc) from exc
 
-    def run_log(self, ctx: Context, record: dict[str, Any]) -> None:
+    def run_log(self, ctx: Context, record: dict[str, Any] | None) -> None:
         """``log`` when every implementation is a plain function (:attr:`log_is_sync`):
         all run; errors are logged, never raised."""
         for step in self.log:
@@ -220,7 +223,7 @@ class Chain:
             except Exception as exc:  # a log hook never fails a request
                 failure(step, "log", ctx, exc)
 
-    async def run_log_async(self, ctx: Context, record: dict[str, Any]) -> None:
+    async def run_log_async(self, ctx: Context, record: dict[str, Any] | None) -> None:
         """``log`` with some coroutine implementation: all run, in order."""
         for step in self.log:
             ctx.config = step.config
@@ -242,10 +245,12 @@ class LogQueue:
     """
 
     def __init__(self) -> None:
-        self._pending: list[tuple[Chain, Context, dict[str, Any]]] = []
+        self._pending: list[tuple[Chain, Context, dict[str, Any] | None]] = []
         self.tasks: set[asyncio.Task[None]] = set()
 
-    def put(self, chain: Chain, ctx: Context, record: dict[str, Any]) -> None:
+    def put(self, chain: Chain, ctx: Context, record: dict[str, Any] | None) -> None:
+        """Run ``chain``'s log hooks for ``ctx`` soon (``record`` is None when no hook of
+        the chain names it: :attr:`Chain.log_record`)."""
         if chain.log_is_sync:
             pending = self._pending
             pending.append((chain, ctx, record))

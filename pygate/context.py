@@ -91,6 +91,7 @@ class Context:
         "client_cert",
         "client_ip",
         "config",
+        "end",
         "error",
         "gateway",
         "identity",
@@ -119,6 +120,7 @@ class Context:
         self.method = method
         self.path = path
         self.start = start
+        self.end = 0.0  # when the response was sent (time.monotonic()), before the log hooks
         self.route: RouteInfo | None = None
         self.identity: Identity | None = None
         self.config: Any = None

@@ -145,7 +145,9 @@ def log(ctx: Context, record: dict[str, Any]) -> None:
     :param record: the access record: time, request_id, method, path, route,
         upstream, target, status, duration_ms, bytes_in, bytes_out, client_ip,
         consumer, error, query (the raw query string: redact before writing it),
-        cache (the response's X-Cache header, or None).
+        cache (the response's X-Cache header, or None). Built only when some log
+        implementation of the chain names ``record``; one that does not reads ``ctx``
+        (``ctx.end - ctx.start`` is the request's duration in seconds).
     :return: nothing. The call is scheduled after the response; it never delays
         the client, and an exception is logged, never raised.
     """

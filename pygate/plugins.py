@@ -217,7 +217,7 @@ class ChainBuilder:
         self.issues: list[ConfigIssue] = []
         self.context = {"base_dir": base_dir, "source": source}
         self._seen: dict[tuple[str, str], Any] = {}
-        self._impls: dict[str, list[tuple[str, Callable[..., Any], bool]]] = {}
+        self._impls: dict[str, list[tuple[str, Callable[..., Any], bool, tuple[str, ...]]]] = {}
 
     def validate(self, name: str, raw: dict[str, Any], where: str) -> Any:
         info = self.plugins.info[name]
@@ -237,10 +237,11 @@ class ChainBuilder:
         return config
 
     def _implementations(self, name: str
-                         ) -> list[tuple[str, Callable[..., Any], bool]]:
-        """``(hook, call, is_async)`` of each request hook the plugin implements (``call``
-        takes the hook's full arguments: :func:`pygate.chain.bind`): looked up once per
-        plugin, not once per route."""
+                         ) -> list[tuple[str, Callable[..., Any], bool, tuple[str, ...]]]:
+        """``(hook, call, is_async, argnames)`` of each request hook the plugin implements
+        (``call`` takes the hook's full arguments: :func:`pygate.chain.bind`;
+        ``argnames`` are the ones the implementation names): looked up once per plugin,
+        not once per route."""
         found = self._impls.get(name)
         if found is None:
             found = []
@@ -252,7 +253,7 @@ class ChainBuilder:
                 argnames = tuple(impl.argnames)
                 args = None if argnames == full else tuple(full.index(a) for a in argnames)
                 found.append((hook, bind(impl.function, args),
-                              inspect.iscoroutinefunction(impl.function)))
+                              inspect.iscoroutinefunction(impl.function), argnames))
             self._impls[name] = found
         return found
 
@@ -265,14 +266,16 @@ class ChainBuilder:
             configs[name] = self.validate(name, raw, where[name])
         ordered = sorted(configs, key=lambda n: (-self.plugins.info[n].priority, n))
         steps: dict[str, list[Step]] = {hook: [] for hook in hookspecs.REQUEST_HOOKS}
+        log_record = False
         for name in ordered:
-            for hook, call, is_async in self._implementations(name):
+            for hook, call, is_async, argnames in self._implementations(name):
                 steps[hook].append(Step(plugin=name, call=call, is_async=is_async,
                                         config=configs[name]))
+                log_record = log_record or (hook == "log" and "record" in argnames)
         # post_response runs in reverse priority order (Envoy's encoder side)
         phases = {hook: tuple(reversed(found) if hook == "post_response" else found)
                   for hook, found in steps.items()}
-        return Chain(plugins=tuple(ordered), configs=configs, **phases)
+        return Chain(plugins=tuple(ordered), configs=configs, log_record=log_record, **phases)
 
 
 def config_for_display(value: Any) -> Any:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 from click.testing import CliRunner
 
@@ -258,3 +259,40 @@ async def test_requests_refused_before_routing_reach_global_log_and_post_respons
     record = example_plugin.seen[-1]
     assert (record["status"], record["route"]) == (400, None)
     assert upstream.requests == []
+
+
+async def test_log_hook_without_record_reads_the_request_from_ctx(pygate_gateway, fake_upstream):
+    """A ``log(ctx)`` implementation is called after each response with the status, the
+    route and the start and end times on ``ctx``; beside one that names ``record``
+    (the stamp plugin), both run and the record is still there for the latter."""
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(0.05)
+        return web.json_response({})
+
+    upstream = await fake_upstream(slow)
+    seen: list[tuple[int, str | None, float, Any]] = []
+    module = types.ModuleType("timer")
+
+    @hookimpl
+    def log(ctx: Context) -> None:
+        seen.append((ctx.status, ctx.route.name if ctx.route else None, ctx.end - ctx.start,
+                     ctx.upstream))
+
+    module.log = log  # type: ignore[attr-defined]
+    example_plugin.seen.clear()
+    gateway = await pygate_gateway(
+        {"routes": [route(upstream.url, name="timed", path="/timed", plugins={"timer": {}}),
+                    route(upstream.url, name="both", path="/both",
+                          plugins={"timer": {}, "stamp": {}})]},
+        plugins={"timer": module, "stamp": example_plugin})
+    assert (await gateway.request("GET", "/timed"))[0] == 200
+    assert (await gateway.request("GET", "/nowhere"))[0] == 404
+    assert (await gateway.request("GET", "/both"))[0] == 200
+    for _ in range(100):
+        if len(seen) == 2 and example_plugin.seen:
+            break
+        await asyncio.sleep(0.01)
+    assert [(status, name) for status, name, _, _ in seen] == [(200, "timed"), (200, "both")]
+    assert all(0.05 <= seconds < 5 for _, _, seconds, _ in seen)  # the upstream's delay
+    assert seen[0][3] is not None
+    assert [(r["route"], r["status"]) for r in example_plugin.seen] == [("both", 200)]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import time
 from typing import Any
 
 from ..context import Context
@@ -62,13 +61,13 @@ class Stats:
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.routes: dict[str, RouteStats] = {}
         self.unrouted = RouteStats()
-        self._pending: list[tuple[Context, float]] = []
+        self._pending: list[Context] = []
         self._loop = loop or asyncio.get_running_loop()
 
     def note(self, ctx: Context) -> None:
         """A request is answered (called by the pipeline; files it later)."""
         pending = self._pending
-        pending.append((ctx, time.monotonic()))
+        pending.append(ctx)
         if len(pending) == 1:
             self._loop.call_soon(self.flush)
 
@@ -76,13 +75,13 @@ class Stats:
         """File the requests noted since the last flush."""
         pending, self._pending = self._pending, []
         routes = self.routes
-        for ctx, end in pending:
+        for ctx in pending:
             route = ctx.route
             if route is None:
                 counters = self.unrouted
             else:
                 counters = routes.get(route.name) or routes.setdefault(route.name, RouteStats())
-            counters.add(ctx.status, (end - ctx.start) * 1000.0)
+            counters.add(ctx.status, (ctx.end - ctx.start) * 1000.0)
 
     def snapshot(self) -> dict[str, Any]:
         self.flush()

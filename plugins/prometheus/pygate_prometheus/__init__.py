@@ -16,8 +16,6 @@ See README.md for every metric.
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import BaseModel
 
 from pygate.plugin import Context, Gateway, hookimpl
@@ -67,11 +65,14 @@ def shutdown(gateway: Gateway) -> None:
 
 
 @hookimpl
-def log(ctx: Context, record: dict[str, Any]) -> None:
-    # ctx is unused, but an implementation taking every argument is called directly
+def log(ctx: Context) -> None:
+    # Read from ctx: without ``record`` among the arguments, a chain whose other log
+    # hooks do not name it either is spared building the access record.
     metrics = _metrics.current()
     if metrics is not None:
-        metrics.observe(record)
+        route = ctx.route
+        metrics.observe(route.name if route is not None else None, ctx.method, ctx.status,
+                        ctx.end - ctx.start, ctx.upstream, ctx.target)
 
 
 def render(gateway: Gateway | None) -> tuple[bytes, str]:

@@ -146,25 +146,23 @@ class Metrics:
 
     # -- per request (the log hook) ---------------------------------------------------
 
-    def observe(self, record: Mapping[str, Any]) -> None:
-        """Count one finished request from the core's access record (running totals only)."""
-        method = record["method"]
+    def observe(self, route: str | None, method: str, status: int, seconds: float,
+                upstream: str | None, target: str | None) -> None:
+        """Count one finished request (running totals only): its route, method, status,
+        duration, and the upstream and target that served it."""
         if method not in METHODS:
             method = OTHER_METHOD
-        route = record["route"]
-        key = (route, method, record["status"])
+        key = (route, method, status)
         requests = self._requests
         requests[key] = requests.get(key, 0) + 1
-        seconds = record["duration_ms"] / 1000.0
         bucket = bisect_left(REQUEST_BUCKETS, seconds)  # le: a bound holds its own value
         totals = self._routes.get(route)
         if totals is None:
             totals = self._routes[route] = _histogram_totals()
         totals[bucket] += 1
         totals[-1] += seconds
-        upstream = record["upstream"]
-        if upstream is not None:  # the record has no upstream-only time (see the help)
-            target_key = (upstream, record["target"])
+        if upstream is not None:  # no upstream-only time is measured (see the help)
+            target_key = (upstream, target)
             totals = self._upstreams.get(target_key)
             if totals is None:
                 totals = self._upstreams[target_key] = _histogram_totals()
