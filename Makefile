@@ -8,15 +8,17 @@ PLUGINS := $(sort $(wildcard plugins/*/pyproject.toml))
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?= -n 2
 
-.PHONY: serve test install lint redis-server chromium clean fuzz
+.PHONY: serve test install lint redis-server chromium clean fuzz dist
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# Re-install when any pyproject changes (new plugin, new dependency).
+# Re-install when any pyproject changes (new plugin, new dependency). setuptools
+# announces every editable install with a UserWarning of a dozen lines: not shown.
 $(STAMP): pyproject.toml $(PLUGINS) | $(BIN)/python
-	$(BIN)/pip install --quiet -e ".[test,speed]" $(foreach p,$(PLUGINS),-e ./$(dir $(p)))
+	PYTHONWARNINGS=ignore::UserWarning $(BIN)/pip install --quiet -e ".[test,speed]" \
+	  $(foreach p,$(PLUGINS),-e ./$(dir $(p)))
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -55,5 +57,16 @@ lint: $(STAMP)
 fuzz: $(STAMP)
 	$(BIN)/python benchmarks/fuzz_http.py --requests 100000 $(FUZZ_ARGS)
 
+# Every distribution's wheel and sdist, the core's and each plugin's, into $(DIST):
+# pip install --find-links dist "pygate-gateway[all]" then installs without an index
+# for pygate's own distributions.
+DIST ?= dist
+dist: $(STAMP)
+	rm -rf $(DIST) && mkdir -p $(DIST)
+	PYTHONWARNINGS=ignore::UserWarning $(BIN)/python -m build --quiet --outdir $(DIST) .
+	for p in $(dir $(PLUGINS)); do \
+	  PYTHONWARNINGS=ignore::UserWarning $(BIN)/python -m build --quiet --outdir $(DIST) $$p \
+	  || exit 1; done
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

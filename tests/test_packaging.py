@@ -1,9 +1,11 @@
-"""Each first-party plugin installs alone beside the core and is found by `pygate plugins`.
+"""Packaging: `make dist`, the distributions' metadata, and installing them.
 
-Wheels of the core and every plugin are built once; then, per plugin, the core wheel
-and that one plugin wheel are installed into an empty target folder, and `pygate
-plugins` runs with only that folder and the third-party libraries on the path (no
-other pygate distribution visible). The plugin must import and be listed alone.
+`make dist` builds every wheel and sdist once (into a temporary folder). Then, per
+plugin, the core wheel and that one plugin wheel are installed into an empty target
+folder, and `pygate plugins` runs with only that folder and the third-party libraries
+on the path (no other pygate distribution visible): the plugin must import and be
+listed alone. And `pip install --find-links DIST "pygate-gateway[all]"` into a fresh
+virtual environment gives a `pygate` command that lists every first-party plugin.
 """
 
 from __future__ import annotations
@@ -31,14 +33,73 @@ def _entry_point_name(plugin_dir: Path) -> str:
 
 @pytest.fixture(scope="module")
 def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("wheels")
-    done = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(out),
-         str(ROOT), *map(str, PLUGINS)],
-        capture_output=True, text=True, timeout=600,
-    )
-    assert done.returncode == 0, done.stderr
+    """What `make dist` builds: every distribution's wheel and sdist."""
+    out = tmp_path_factory.mktemp("dist")
+    done = subprocess.run(["make", "--no-print-directory", "dist", f"DIST={out}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Warning" not in done.stderr, done.stderr  # e.g. setuptools' deprecations
     return out
+
+
+def test_make_dist_builds_a_wheel_and_an_sdist_of_every_distribution(wheels: Path) -> None:
+    import tomllib
+
+    for project in (ROOT, *PLUGINS):
+        meta = tomllib.loads((project / "pyproject.toml").read_text())["project"]
+        stem = meta["name"].replace("-", "_")
+        assert len(list(wheels.glob(f"{stem}-*-py3-none-any.whl"))) == 1, stem
+        assert len(list(wheels.glob(f"{stem}-*.tar.gz"))) == 1, stem
+
+
+def test_distributions_name_the_core_as_pygate_gateway(wheels: Path) -> None:
+    """The core's distribution is pygate-gateway (`pygate` on PyPI is another project);
+    every plugin depends on it, and the license is an SPDX expression."""
+    import zipfile
+
+    def metadata(wheel: Path) -> list[str]:
+        with zipfile.ZipFile(wheel) as archive:
+            name = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
+            return archive.read(name).decode().splitlines()
+
+    from pygate import __version__
+
+    core = metadata(next(wheels.glob("pygate_gateway-*.whl")))
+    assert "Name: pygate-gateway" in core
+    assert f"Version: {__version__}" in core
+    assert "License-Expression: Apache-2.0" in core
+    for wheel in wheels.glob("pygate_*.whl"):
+        if wheel.name.startswith("pygate_gateway-"):
+            continue
+        lines = metadata(wheel)
+        requires = [line for line in lines if line.startswith("Requires-Dist: pygate")]
+        assert requires and all(r.startswith("Requires-Dist: pygate-gateway") for r in requires), \
+            (wheel.name, requires)
+        assert "License-Expression: Apache-2.0" in lines, wheel.name
+
+
+def test_all_extra_installs_from_dist_into_a_fresh_venv(wheels: Path, tmp_path: Path) -> None:
+    """`pip install --find-links dist "pygate-gateway[all]"` in a new virtual environment:
+    the command runs and every first-party plugin is listed."""
+    import tomllib
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
+           "--disable-pip-version-check", "--find-links", str(wheels)]
+    done = subprocess.run([*pip, "pygate-gateway[all]"], capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYGATE_LOAD_PLUGINS")}
+    listed = subprocess.run([str(venv / "bin" / "pygate"), "plugins"], capture_output=True,
+                            text=True, timeout=120, env=env, cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]["all"]
+    wanted = {name.removeprefix("pygate-") for name in extra if name.startswith("pygate-")}
+    names = {p["name"] for p in json.loads(listed.stdout)}
+    assert names == wanted
+    assert all("error" not in p for p in json.loads(listed.stdout))
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +119,7 @@ def test_plugin_installs_alone(plugin_dir: Path, wheels: Path, third_party: Path
                                tmp_path: Path) -> None:
     name = _entry_point_name(plugin_dir)
     distribution = f"pygate_{plugin_dir.name.replace('-', '_')}"
-    core = next(wheels.glob("pygate-*.whl"))
+    core = next(wheels.glob("pygate_gateway-*.whl"))
     plugin = next(wheels.glob(f"{distribution}-*.whl"))
     target = tmp_path / "env"
     done = subprocess.run(

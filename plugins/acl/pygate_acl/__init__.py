@@ -13,6 +13,8 @@ from pygate.plugin import Context, Forbidden, hookimpl
 from .config import AclConfig
 from .rules import refusal
 
+__version__ = "0.1.0"
+
 PRIORITY = 950
 
 

@@ -17,6 +17,8 @@ from pygate.plugin import Context, hookimpl
 from .config import ShapeConfig
 from .shape import lookup, reshape
 
+__version__ = "0.1.0"
+
 PRIORITY = 100
 
 

@@ -19,6 +19,8 @@ from pygate.plugin import Context, Forbidden, hookimpl
 from .config import CorsConfig
 from .policy import decorate, is_preflight, preflight
 
+__version__ = "0.1.0"
+
 PRIORITY = 2000
 PREFLIGHT = "cors.preflight"  # ctx.state key: this request was a preflight
 

@@ -16,6 +16,8 @@ from pygate.plugin import Context, Gateway, UpstreamRequest, hookimpl
 from .config import HeadersConfig
 from .transform import apply, set_identity
 
+__version__ = "0.1.0"
+
 NAME = "headers"  # the entry point's name: the [plugins.headers] table
 
 PRIORITY = 800

@@ -22,6 +22,8 @@ from .auth import authenticate as authenticate_request
 from .config import JwtConfig
 from .state import NAME, prepare
 
+__version__ = "0.1.0"
+
 PRIORITY = 1450
 
 

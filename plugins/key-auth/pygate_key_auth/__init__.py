@@ -17,6 +17,8 @@ from pygate.plugin import Context, Identity, UpstreamRequest, hookimpl
 from .config import KeyAuthConfig
 from .credentials import hide, identify
 
+__version__ = "0.1.0"
+
 PRIORITY = 1250
 
 

@@ -23,6 +23,8 @@ from .auth import authenticate as authenticate_request
 from .config import IntrospectionConfig
 from .introspect import SOURCE, prepare
 
+__version__ = "0.1.0"
+
 NAME = SOURCE  # the entry point's name: the [plugins.oauth2-introspection] table
 
 PRIORITY = 1700
