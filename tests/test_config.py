@@ -145,13 +145,13 @@ def test_workers_auto_and_from_environment(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "seconds"),
     [("250ms", 0.25), ("2s", 2.0), ("1m", 60.0), ("1h", 3600.0), ("1.5s", 1.5), ("0s", 0.0),
-     (" 2s ", 2.0), (3, 3.0), (0.5, 0.5)],
+     (" 2s ", 2.0), (3, 3.0), (0.5, 0.5), ("365d", 365 * 86400.0)],
 )
 def test_durations(text: Any, seconds: float) -> None:
     assert parse_duration(text) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("text", ["2", "2 sec", "-1s", "1d", "", "s", "2S", True, -1, None])
+@pytest.mark.parametrize("text", ["2", "2 sec", "-1s", "1w", "", "s", "2S", "1D", True, -1, None])
 def test_bad_durations(text: Any) -> None:
     with pytest.raises(ValueError, match="duration"):
         parse_duration(text)

@@ -11,15 +11,16 @@ from pydantic import (
     ConfigDict,
 )
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|KiB|MiB|GiB)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3, "kib": 1024, "mib": 1024**2,
                "gib": 1024**3}
 
 
 def parse_duration(value: Any) -> float:
-    """``"250ms"``, ``"2s"``, ``"1m"``, ``"1h"`` (or a number of seconds) -> seconds."""
+    """``"250ms"``, ``"2s"``, ``"1m"``, ``"1h"``, ``"365d"`` (or a number of seconds) ->
+    seconds."""
     if isinstance(value, bool):
         raise ValueError(f'expected a duration like "2s", found {value!r}')
     if isinstance(value, int | float):
@@ -30,7 +31,8 @@ def parse_duration(value: Any) -> float:
         match = _DURATION.match(value)
         if match:
             return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-    raise ValueError(f'expected a duration like "250ms", "2s", "1m" or "1h", found {value!r}')
+    raise ValueError(f'expected a duration like "250ms", "2s", "1m", "1h" or "365d", '
+                     f'found {value!r}')
 
 
 def parse_size(value: Any) -> int:
