@@ -1,4 +1,4 @@
-"""The ``pygate`` command: serve, check, routes, plugins, explain.
+"""The ``pygate`` command: serve, check, routes, plugins, explain, new-plugin.
 
 Each command is thin: it loads the configuration through one function and
 hands it to one module. Configuration errors are printed with their key paths
@@ -166,6 +166,30 @@ def routes(config_path: str | None) -> None:
 def plugins() -> None:
     """Installed plugins (entry point group "pygate") as JSON."""
     click.echo(json.dumps(describe_installed(), indent=2))
+
+
+@main.command("new-plugin")
+@click.argument("name")
+@click.option("--dir", "parent", metavar="DIR", default=".", show_default=True,
+              type=click.Path(file_okay=False), help="Where the plugin's folder is made")
+def new_plugin(name: str, parent: str) -> None:
+    """A new plugin distribution, pygate-NAME: pyproject with the entry point, a package
+    with a typed config and one hook, a README, and tests that pass as generated."""
+    from pathlib import Path
+
+    from .scaffold import ScaffoldError, create
+
+    try:
+        root = create(name, Path(parent))
+    except ScaffoldError as exc:
+        _fail(f"pygate new-plugin: {exc}")
+    except OSError as exc:
+        _fail(f"pygate new-plugin: cannot write the plugin: {exc.strerror} "
+              f"({exc.filename})")
+    click.echo(f"created {root}/")
+    click.echo(f"  pip install -e \"{root}[test]\"   then: pygate plugins")
+    click.echo(f"  cd {root} && pytest")
+    click.echo(f"  switch it on in pygate.toml with [plugins.{name}]")
 
 
 @main.command()
