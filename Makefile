@@ -23,10 +23,11 @@ $(STAMP): pyproject.toml $(PLUGINS) | $(BIN)/python
 
 install: $(STAMP)
 
+# The demo services, then the gateway: one process owns both (python -m pygate.demo
+# --gateway): a service that cannot start stops it before the gateway starts, and
+# Ctrl-C, a kill of make alone, or the gateway exiting stops everything.
 serve: $(STAMP)
-	@$(BIN)/python -m pygate.demo & demo=$$!; \
-	trap 'kill $$demo 2>/dev/null' EXIT INT TERM; \
-	$(BIN)/pygate serve -c pygate.toml
+	@exec $(BIN)/python -m pygate.demo --gateway pygate.toml
 
 # Tests that need Redis start their own redis-server; install it when missing and allowed.
 redis-server:

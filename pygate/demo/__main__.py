@@ -2,12 +2,22 @@
 
 One event loop, one ``AppRunner`` and ``TCPSite`` per service. Prints one line per
 service once it listens, and stops cleanly on SIGINT or SIGTERM.
+
+With ``--gateway CONFIG`` (what ``make serve`` runs) it also runs ``pygate serve -c
+CONFIG`` once every service listens, and owns both: a service that cannot start stops
+everything before the gateway starts, with a message naming it; SIGINT, SIGTERM or
+SIGHUP to this process, the gateway exiting, or this process's parent going away (a
+``kill`` of ``make`` alone) stop the gateway (drained) and the services; and the
+gateway is told to stop by the kernel should this process die without a word.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import ctypes
+import os
 import signal
 import sys
 
@@ -36,17 +46,72 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         )
     parser.add_argument("--token", action="store_true",
                         help="print a demo JWT (user 1, role admin, valid 24 h) and exit")
+    parser.add_argument("--gateway", metavar="CONFIG",
+                        help="also run `pygate serve -c CONFIG` once the services listen, "
+                             "and stop both together")
     return parser.parse_args(argv)
 
 
-async def serve(host: str, ports: dict[str, int]) -> None:
-    """Start every service, wait for SIGINT/SIGTERM, then stop them all."""
+PARENT_POLL = 0.5
+"""Seconds between checks that the process that started this one is still there."""
+
+GATEWAY_STOP_WITHIN = 15.0
+"""Seconds the gateway gets to drain and exit after SIGTERM before it is killed."""
+
+
+def _die_with_parent() -> None:
+    """In the gateway's process, before it runs: SIGTERM when its parent dies (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+async def run_gateway(config: str, stop: asyncio.Event) -> int:
+    """``pygate serve -c config`` until it exits or ``stop`` is set (then drained); its
+    exit status. The parent of this process going away sets ``stop`` too."""
+    gateway = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "pygate", "serve", "-c", config,
+        preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+    parent = os.getppid()
+    exited = asyncio.ensure_future(gateway.wait())
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        while not exited.done():
+            await asyncio.wait({exited, stopping}, timeout=PARENT_POLL,
+                               return_when=asyncio.FIRST_COMPLETED)
+            if os.getppid() != parent:
+                print("pygate.demo: the process that started it has gone; stopping",
+                      file=sys.stderr, flush=True)
+                stop.set()
+            if stop.is_set() and not exited.done():
+                with contextlib.suppress(ProcessLookupError):
+                    gateway.terminate()  # SIGTERM: the gateway drains, then exits
+                try:
+                    await asyncio.wait_for(asyncio.shield(exited), GATEWAY_STOP_WITHIN)
+                except TimeoutError:
+                    gateway.kill()
+                    await exited
+    finally:
+        stopping.cancel()
+    return exited.result()
+
+
+class ServiceError(Exception):
+    """A demo service could not start (its port is taken, most often)."""
+
+
+async def serve(host: str, ports: dict[str, int], gateway: str | None = None) -> int:
+    """Start every service (and, with ``gateway``, the gateway after them), wait for
+    SIGINT/SIGTERM/SIGHUP or the gateway's exit, then stop them all; the exit status."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    for signum in signals:
         loop.add_signal_handler(signum, stop.set)
 
     runners: list[web.AppRunner] = []
+    status = 0
     try:
         for name in SERVICES:
             runner = web.AppRunner(
@@ -54,18 +119,26 @@ async def serve(host: str, ports: dict[str, int]) -> None:
             )
             await runner.setup()
             runners.append(runner)
-            await web.TCPSite(runner, host, ports[name]).start()
+            try:
+                await web.TCPSite(runner, host, ports[name]).start()
+            except OSError as exc:
+                raise ServiceError(f"the demo {name} service cannot listen on "
+                                   f"{host}:{ports[name]}: {exc.strerror or exc}") from None
             print(f"demo {name} service listening on http://{host}:{ports[name]}", flush=True)
         try:
             print(f"demo token (user 1, role admin, 24 h): {demo_token()}", flush=True)
         except ImportError:
             print("demo token: install plugins/jwt to get one", flush=True)
-        await stop.wait()
+        if gateway is None:
+            await stop.wait()
+        else:
+            status = await run_gateway(gateway, stop)
     finally:
         for runner in reversed(runners):
             await runner.cleanup()
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in signals:
             loop.remove_signal_handler(signum)
+    return status
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,12 +148,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     ports = {name: getattr(args, f"{name}_port") for name in SERVICES}
     try:
-        asyncio.run(serve(args.host, ports))
-    except OSError as exc:  # most often: a port is already taken
+        status = asyncio.run(serve(args.host, ports, args.gateway))
+    except (ServiceError, OSError) as exc:
         print(f"pygate.demo: {exc}", file=sys.stderr)
+        if args.gateway is not None:
+            print("pygate.demo: the gateway was not started; free the port (or pass "
+                  "--NAME-port) and try again", file=sys.stderr)
         return 1
     print("demo services stopped", flush=True)
-    return 0
+    return status
 
 
 if __name__ == "__main__":
