@@ -94,7 +94,10 @@ async def run_gateway(config: str, stop: asyncio.Event) -> int:
                     await exited
     finally:
         stopping.cancel()
-    return exited.result()
+    status: int = exited.result()
+    if stop.is_set() and status in (-signal.SIGTERM, -signal.SIGINT):
+        return 0  # asked to stop: it ended on our SIGTERM (or the terminal's SIGINT)
+    return 128 - status if status < 0 else status  # as a shell reports a signal
 
 
 class ServiceError(Exception):
