@@ -8,7 +8,7 @@ PLUGINS := $(sort $(wildcard plugins/*/pyproject.toml))
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?= -n 2
 
-.PHONY: serve test install lint redis-server chromium clean fuzz dist
+.PHONY: serve test install lint redis-server nginx chromium clean fuzz dist
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,14 @@ redis-server:
 	  elif sudo -n true 2>/dev/null; then sudo apt-get update -qq && sudo apt-get install -y -qq redis-server >/dev/null; \
 	  else echo "redis-server is missing and cannot be installed (not root, no sudo)"; fi; }
 
+# The cluster test puts two gateway nodes behind a real nginx; install it when missing and
+# allowed (the tests run their own nginx process with a generated configuration).
+nginx:
+	@{ command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx; } || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq nginx >/dev/null; \
+	  elif sudo -n true 2>/dev/null; then sudo apt-get update -qq && sudo apt-get install -y -qq nginx >/dev/null; \
+	  else echo "nginx is missing and cannot be installed (not root, no sudo)"; fi; }
+
 # The dashboard's browser test drives Debian's Chromium through chromedriver; install both
 # when missing and allowed.
 chromium:
@@ -44,7 +52,7 @@ chromium:
 	  elif sudo -n true 2>/dev/null; then sudo apt-get update -qq && sudo apt-get install -y -qq chromium chromium-driver >/dev/null; \
 	  else echo "chromium/chromium-driver are missing and cannot be installed (not root, no sudo)"; fi; }
 
-test: $(STAMP) redis-server chromium
+test: $(STAMP) redis-server nginx chromium
 	$(BIN)/ruff check .
 	$(BIN)/mypy pygate
 	$(BIN)/pytest -q $(PYTEST_ARGS)
