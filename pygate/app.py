@@ -10,19 +10,36 @@ bound (plugin loading, plugin config validation, route compilation), raising a
 from __future__ import annotations
 
 import inspect
+import os
 import warnings
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import structlog
 
 from .chain import EMPTY_CHAIN, Chain
-from .config import Config, ConfigError, UpstreamConfig, is_url
+from .config import (
+    Config,
+    ConfigError,
+    UpstreamConfig,
+    interpolate,
+    is_url,
+    load_data,
+    parse_toml,
+)
+from .config.errors import in_file_order
 from .kinds import Build, Handler, kind_of
 from .plugin import Gateway as PluginGateway
-from .plugins import ChainBuilder, PluginSet, enabled_plugins, load_plugins
+from .plugins import (
+    ChainBuilder,
+    PluginSet,
+    check_plugin_tables,
+    enabled_plugins,
+    load_plugins,
+)
 from .plugins import route_settings as merge_route_settings
 from .router import Route, Router
 from .sanitize import ForwardedRule
@@ -171,7 +188,7 @@ def _pick(argnames: tuple[str, ...], **available: Any) -> dict[str, Any]:
 def build_gateway(config: Config, extra_plugins: Mapping[str, Any] | None = None) -> Gateway:
     """Compile a validated configuration; raise ConfigError listing every problem."""
     names = enabled_plugins(config)
-    plugins, issues = load_plugins(names, extra_plugins)
+    plugins, issues = load_plugins(names, extra_plugins, names)
     builder = ChainBuilder(plugins, base_dir=config.base_dir, source=config.source)
 
     global_where = {name: f"plugins.{name}" for name in config.plugins}
@@ -189,7 +206,8 @@ def build_gateway(config: Config, extra_plugins: Mapping[str, Any] | None = None
                    else f"plugins.{name}")
             for name in settings
         }
-        chain = builder.build(settings, where) if settings else EMPTY_CHAIN
+        chain = builder.build(settings, where, own=route.config.plugins) \
+            if settings else EMPTY_CHAIN
         found = kind_of(route.config)
         assert found is not None, "configuration checks let a route without one kind through"
         kind, spec = found
@@ -201,6 +219,31 @@ def build_gateway(config: Config, extra_plugins: Mapping[str, Any] | None = None
     if issues:
         raise ConfigError(config.source, issues)
     return Gateway(config, plugins, router, global_chain, upstreams)
+
+
+def load_gateway(path: str | Path, env: Mapping[str, str] | None = None,
+                 extra_plugins: Mapping[str, Any] | None = None) -> Gateway:
+    """The configuration file ``path`` checked and compiled; or :class:`ConfigError` with
+    every problem of the file at once, each once, in the order of the file.
+
+    The core's sections are validated first; when they have errors, the plugin tables
+    are still checked against the plugins' schemas (:func:`check_plugin_tables`), so
+    one ``pygate check`` shows everything.
+    """
+    file = Path(path)
+    data = parse_toml(file)
+    source, base_dir = str(file), str(file.resolve().parent)
+    try:
+        config = load_data(data, source=source, base_dir=base_dir, env=env)
+    except ConfigError as exc:
+        expanded = interpolate(data, os.environ if env is None else env, [])
+        issues = exc.issues + check_plugin_tables(expanded, base_dir=base_dir, source=source,
+                                                  extra=extra_plugins)
+        raise ConfigError(source, in_file_order(issues, data)) from None
+    try:
+        return build_gateway(config, extra_plugins)
+    except ConfigError as exc:
+        raise ConfigError(source, in_file_order(exc.issues, data)) from None
 
 
 def _upstream_for(upstreams: dict[str, Upstream], ref: str) -> Upstream:

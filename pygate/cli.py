@@ -19,8 +19,8 @@ import click
 from multidict import CIMultiDict
 
 from . import __version__
-from .app import Gateway, RoutePlan, build_gateway
-from .config import ConfigError, default_path, load, parse_listen, split_listen
+from .app import Gateway, RoutePlan, load_gateway
+from .config import ConfigError, default_path, parse_listen, split_listen
 from .errors import GatewayError
 from .kinds import Routed, kind_of
 from .plugins import config_for_display, describe_installed
@@ -42,8 +42,7 @@ def _config_errors() -> Iterator[None]:
 
 def _load(path: str | None) -> Gateway:
     with _config_errors():
-        config = load(path or default_path())
-        return build_gateway(config)
+        return load_gateway(path or default_path())
 
 
 config_option = click.option(

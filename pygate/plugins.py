@@ -39,8 +39,32 @@ class PluginInfo:
     hooks: list[str]
 
 
+FIRST_PARTY = frozenset({
+    "acl", "bff-shape", "cache", "cors", "headers", "jwt", "key-auth", "logging", "mtls",
+    "oauth2-introspection", "opentelemetry", "prometheus", "rate-limit", "transform",
+    "validate",
+})
+"""The plugins this project publishes (``plugins/NAME``, distribution ``pygate-NAME``)."""
+
+
 def distribution_name(plugin: str) -> str:
     return f"pygate-{plugin}"
+
+
+def not_installed(name: str, known: Iterable[str]) -> str:
+    """Why a plugin named in the configuration is missing, and what to do about it: the
+    installed name it may be a typo of, else the distribution that provides it when it is
+    one of ours; never a made-up distribution name."""
+    typo = suggest(name, known)
+    if typo:
+        return f"plugin {name!r} is not installed{typo}"
+    if name in FIRST_PARTY:
+        return f"plugin {name!r} is not installed (install it with: pip install " \
+               f"{distribution_name(name)})"
+    return f"plugin {name!r} is not installed (no installed distribution provides it; " \
+           "`pygate plugins` lists those that are)"
+
+
 
 
 def installed_entry_points() -> dict[str, metadata.EntryPoint]:
@@ -106,9 +130,15 @@ class PluginSet:
         self.pm.check_pending()
 
 
-def load_plugins(names: Iterable[str], extra: Mapping[str, Any] | None = None
+def load_plugins(names: Iterable[str], extra: Mapping[str, Any] | None = None,
+                 where: Mapping[str, str] | None = None
                  ) -> tuple[PluginSet, list[ConfigIssue]]:
-    """Load the named plugins from entry points (or from ``extra`` objects, for tests)."""
+    """Load the named plugins from entry points (or from ``extra`` objects, for tests).
+
+    :param where: the key path where each name is first written (``plugins.jwt``,
+        ``routes[2].plugins.jwt``), for the issues; ``plugins.NAME`` by default.
+    """
+    where = where or {}
     plugins = PluginSet()
     issues: list[ConfigIssue] = []
     extra = dict(extra or {})
@@ -119,18 +149,15 @@ def load_plugins(names: Iterable[str], extra: Mapping[str, Any] | None = None
         if name in extra:
             plugins.add(name, extra[name], distribution="(in-process)")
             continue
+        site = where.get(name, f"plugins.{name}")
         ep = points.get(name)
         if ep is None:
-            known = sorted({*points, *extra})
-            issues.append(ConfigIssue(
-                f"plugins.{name}",
-                f"plugin {name!r} is not installed{suggest(name, known)} "
-                f"(install it with: pip install {distribution_name(name)})"))
+            issues.append(ConfigIssue(site, not_installed(name, sorted({*points, *extra}))))
             continue
         try:
             obj = ep.load()
         except Exception as exc:  # a broken third-party plugin must not crash the CLI
-            issues.append(ConfigIssue(f"plugins.{name}", f"plugin {name!r} failed to import: "
+            issues.append(ConfigIssue(site, f"plugin {name!r} failed to import: "
                                       f"{type(exc).__name__}: {exc}"))
             continue
         dist, version = _dist_of(ep)
@@ -173,14 +200,50 @@ def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, An
     return merged
 
 
-def enabled_plugins(config: Config) -> list[str]:
-    """Every plugin name the configuration turns on somewhere, in first-seen order."""
-    names = list(config.plugins)
-    for route in config.routes:
+def enabled_plugins(config: Config) -> dict[str, str]:
+    """Every plugin name the configuration turns on somewhere, in first-seen order, with
+    the key path where it is first written."""
+    names = {name: f"plugins.{name}" for name in config.plugins}
+    for index, route in enumerate(config.routes):
         for name, setting in route.plugins.items():
             if setting is not False and name not in names:
-                names.append(name)
+                names[name] = f"routes[{index}].plugins.{name}"
     return names
+
+
+def check_plugin_tables(data: Any, *, base_dir: str = ".", source: str = "<config>",
+                        extra: Mapping[str, Any] | None = None) -> list[ConfigIssue]:
+    """The plugin tables of a parsed (and interpolated) file whose core sections do not
+    validate: checked as :func:`pygate.app.build_gateway` checks them, so that one run
+    reports every error. Values of the wrong shape are left to the core's validation."""
+    if not isinstance(data, dict):
+        return []
+    tables = data.get("plugins")
+    tables = {k: v for k, v in tables.items() if isinstance(v, dict)} \
+        if isinstance(tables, dict) else {}
+    found = data.get("routes")
+    routes: list[Any] = found if isinstance(found, list) else []
+    sites = {name: f"plugins.{name}" for name in tables}
+    overrides: list[tuple[int, dict[str, Any]]] = []
+    for index, route in enumerate(routes):
+        own = route.get("plugins") if isinstance(route, dict) else None
+        if not isinstance(own, dict):
+            continue
+        overrides.append((index, own))
+        for name, setting in own.items():
+            if isinstance(setting, dict | bool) and setting is not False:
+                sites.setdefault(name, f"routes[{index}].plugins.{name}")
+    plugins, issues = load_plugins(sites, extra, sites)
+    builder = ChainBuilder(plugins, base_dir=base_dir, source=source)
+    for name, table in tables.items():
+        if name in plugins.info:
+            builder.validate(name, table, f"plugins.{name}")
+    for index, own in overrides:
+        for name, setting in own.items():
+            if isinstance(setting, dict) and name in plugins.info:
+                builder.validate(name, _merge(tables.get(name, {}), setting),
+                                 f"routes[{index}].plugins.{name}", own=setting)
+    return issues + builder.issues
 
 
 def route_settings(config: Config, route_plugins: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -217,9 +280,16 @@ class ChainBuilder:
         self.issues: list[ConfigIssue] = []
         self.context = {"base_dir": base_dir, "source": source}
         self._seen: dict[tuple[str, str], Any] = {}
+        # per plugin: the key paths (relative) of the global table's problems
+        self._global_issues: dict[str, set[str]] = {}
         self._impls: dict[str, list[tuple[str, Callable[..., Any], bool, tuple[str, ...]]]] = {}
 
-    def validate(self, name: str, raw: dict[str, Any], where: str) -> Any:
+    def validate(self, name: str, raw: dict[str, Any], where: str,
+                 own: Mapping[str, Any] | None = None) -> Any:
+        """``raw`` validated by the plugin's schema (None if invalid: the issues are
+        noted). ``own`` is the route's own table when ``raw`` merges it over the global
+        one: a problem of a key the route does not set is the global table's, reported
+        once, at ``plugins.NAME``, not again for every route."""
         info = self.plugins.info[name]
         if info.schema is None:
             return raw
@@ -229,7 +299,14 @@ class ChainBuilder:
         try:
             config = info.schema.model_validate(raw, context=self.context)
         except ValidationError as exc:
+            global_issues = self._global_issues.setdefault(name, set())
             for issue in validation_issues(exc, info.schema):
+                if own is None:
+                    global_issues.add(issue.path)
+                else:
+                    first = issue.path.split(".", 1)[0].split("[", 1)[0]
+                    if issue.path in global_issues and first not in own:
+                        continue
                 path = f"{where}.{issue.path}" if issue.path else where
                 self.issues.append(ConfigIssue(path, issue.message))
             config = None
@@ -257,13 +334,17 @@ class ChainBuilder:
             self._impls[name] = found
         return found
 
-    def build(self, settings: Mapping[str, dict[str, Any]], where: Mapping[str, str]) -> Chain:
-        """A chain for one route from its merged settings; ``where`` gives key paths."""
+    def build(self, settings: Mapping[str, dict[str, Any]], where: Mapping[str, str],
+              own: Mapping[str, Any] | None = None) -> Chain:
+        """A chain for one route from its merged settings; ``where`` gives key paths,
+        ``own`` the route's own ``plugins`` table (see :meth:`validate`)."""
         configs: dict[str, Any] = {}
         for name, raw in settings.items():
             if name not in self.plugins.info:
                 continue  # already reported as not installed
-            configs[name] = self.validate(name, raw, where[name])
+            table = own.get(name) if own is not None else None
+            configs[name] = self.validate(name, raw, where[name],
+                                          own=table if isinstance(table, dict) else None)
         ordered = sorted(configs, key=lambda n: (-self.plugins.info[n].priority, n))
         steps: dict[str, list[Step]] = {hook: [] for hook in hookspecs.REQUEST_HOOKS}
         log_record = False

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from .app import Gateway, build_gateway
-from .config import ConfigError, load
+from .app import Gateway, load_gateway
+from .config import ConfigError
 
 if TYPE_CHECKING:
     from .server import Running
@@ -47,7 +47,7 @@ def file_loader(path: str) -> Loader:
 
     def load_file() -> Gateway:
         digest = file_sha256(path)
-        gateway = build_gateway(load(path))
+        gateway = load_gateway(path)
         if digest is not None:
             _DIGESTS[gateway] = digest
         return gateway

@@ -172,15 +172,85 @@ def test_plugin_failure_is_logged_with_its_name(tmp_path):
     assert json.loads(line)["plugin"] == "fragile"
 
 
-def test_missing_plugin_names_the_distribution():
+def test_missing_plugin_advice_names_a_real_distribution_or_none(monkeypatch):
+    monkeypatch.setenv("PYGATE_LOAD_PLUGINS", "cors")  # the others count as not installed
     config = load_data({"plugins": {"jwtt": {}},
-                        "routes": [route("http://127.0.0.1:9", plugins={"nope": {}})]})
+                        "routes": [route("http://127.0.0.1:9", plugins={"nope": {}}),
+                                   route("http://127.0.0.1:9", name="t", path="/t",
+                                         plugins={"transform": {}})]})
     with pytest.raises(ConfigError) as caught:
         build_gateway(config, extra_plugins={"jwt": example_plugin})
-    text = caught.value.render()
-    assert "plugins.jwtt: plugin 'jwtt' is not installed; did you mean 'jwt'?" in text
-    assert "pip install pygate-jwtt" in text
-    assert "pip install pygate-nope" in text
+    issues = {issue.path: issue.message for issue in caught.value.issues}
+    # a typo of an installed plugin: the name it may be, no install advice
+    assert issues["plugins.jwtt"] == "plugin 'jwtt' is not installed; did you mean 'jwt'?"
+    # named on a route only: reported at the route's key path
+    assert issues["routes[0].plugins.nope"].startswith("plugin 'nope' is not installed (no ")
+    assert "pip install" not in issues["routes[0].plugins.nope"]
+    # one of this project's plugins, not installed here: its real distribution
+    assert issues["routes[1].plugins.transform"] == (
+        "plugin 'transform' is not installed (install it with: pip install pygate-transform)")
+
+
+CHECK_EVERYTHING = """[gateway]
+listen = "127.0.0.1:80800"
+
+[plugins.stamp]
+vaule = "x"
+
+[upstreams.users]
+targets = ["ftp://x"]
+
+[[routes]]
+name = "a"
+path = "/a"
+upstream = "users"
+plugins = { stmap = {} }
+
+[[routes]]
+name = "b"
+path = "b"
+upstream = "users"
+plugins = { stamp = { value = 3 } }
+
+[[routes]]
+name = "c"
+path = "/c"
+upstream = "users"
+"""
+
+
+def test_check_reports_every_error_once_in_file_order_at_its_key_path(tmp_path: Path) -> None:
+    """Core and plugin errors together, in one run; a global table's typo once (not again
+    for the routes that inherit it); a short-form value named by its own key."""
+    from pygate.app import load_gateway
+
+    path = tmp_path / "pygate.toml"
+    path.write_text(CHECK_EVERYTHING)
+    with pytest.raises(ConfigError) as caught:
+        load_gateway(path, extra_plugins={"stamp": example_plugin})
+    assert [(i.path, i.message.split(";")[0].split(" (")[0]) for i in caught.value.issues] == [
+        ("gateway.listen", "expected \"HOST:PORT\" with a port 0-65535, found "
+                           "'127.0.0.1:80800'"),
+        ("plugins.stamp.vaule", "unknown key"),
+        ("upstreams.users.targets[0]", "expected a target like \"http://127.0.0.1:3001\", "
+                                       "found 'ftp://x'"),
+        ("routes[0].plugins.stmap", "plugin 'stmap' is not installed"),
+        ("routes[1].path", "expected a path starting with '/', found 'b'"),
+        ("routes[1].plugins.stamp.value", "input should be a valid string, found 3"),
+    ]
+    assert "did you mean 'stamp'?" in caught.value.issues[3].message
+
+
+def test_check_with_a_valid_core_orders_plugin_errors_by_file(tmp_path: Path) -> None:
+    from pygate.app import load_gateway
+
+    path = tmp_path / "pygate.toml"
+    path.write_text(CHECK_EVERYTHING.replace("80800", "8080").replace("ftp://x", "http://x")
+                    .replace('path = "b"', 'path = "/b"'))
+    with pytest.raises(ConfigError) as caught:
+        load_gateway(path, extra_plugins={"stamp": example_plugin})
+    assert [i.path for i in caught.value.issues] == [
+        "plugins.stamp.vaule", "routes[0].plugins.stmap", "routes[1].plugins.stamp.value"]
 
 
 def test_plugin_config_errors_carry_the_key_path():

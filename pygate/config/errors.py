@@ -158,3 +158,68 @@ def validation_issues(error: ValidationError, model: type[BaseModel],
             message = f"{message}, found {found if len(found) <= 60 else found[:57] + '...'}"
         issues.append(ConfigIssue(path, message))
     return issues
+
+
+_PATH_PART = re.compile(r'\[(\d+)\]|"((?:[^"\\]|\\.)*)"|([^.\[\]"]+)')
+
+
+def parse_key_path(path: str) -> tuple[str | int, ...]:
+    """``routes[2].plugins.jwt`` -> ``("routes", 2, "plugins", "jwt")`` (:func:`key_path`'s
+    inverse, quoted keys included)."""
+    parts: list[str | int] = []
+    for index, quoted, plain in _PATH_PART.findall(path):
+        if index:
+            parts.append(int(index))
+        elif quoted:
+            parts.append(quoted.replace('\\"', '"'))
+        else:
+            parts.append(plain)
+    return tuple(parts)
+
+
+def in_file_order(issues: Iterable[ConfigIssue], data: Any) -> list[ConfigIssue]:
+    """``issues`` once each, in the order their keys come in the file.
+
+    ``data`` is the parsed file (TOML tables keep the order of their keys). An issue
+    sorts where its key is, or, for a key that is not in the file (a required key
+    missing), where the nearest enclosing key is; issues of one key keep their order.
+    """
+    order: dict[tuple[str | int, ...], int] = {}
+
+    def walk(node: Any, loc: tuple[str | int, ...]) -> None:
+        order[loc] = len(order)
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, (*loc, key))
+        elif isinstance(node, list):
+            for index, value in enumerate(node):
+                walk(value, (*loc, index))
+
+    walk(data, ())
+
+    def rank(issue: ConfigIssue) -> int:
+        loc = parse_key_path(issue.path)
+        while loc not in order:
+            loc = loc[:-1]
+        return order[loc]
+
+    unique = list(dict.fromkeys(written_path(issue, data) for issue in issues))
+    return sorted(unique, key=rank)
+
+
+def written_path(issue: ConfigIssue, data: Any) -> ConfigIssue:
+    """``issue`` at the key the file wrote: a value written in short form (``targets =
+    ["http://..."]`` for ``[{ url = "http://..." }]``) is named by its own key
+    (``targets[0]``), not by the long form's (``targets[0].url``)."""
+    loc = parse_key_path(issue.path)
+    node = data
+    for depth, part in enumerate(loc):
+        if isinstance(node, dict) and isinstance(part, str) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        elif isinstance(node, dict | list):
+            return issue  # a key the file lacks (a required one): named as it is
+        else:  # inside a value written as a scalar
+            return ConfigIssue(key_path(loc[:depth]), issue.message)
+    return issue
