@@ -43,6 +43,7 @@ from .plugins import (
 from .plugins import route_settings as merge_route_settings
 from .router import Route, Router
 from .sanitize import ForwardedRule
+from .tls import ListenerTls, listener_tls
 from .upstream import Upstream
 
 log = structlog.get_logger("pygate")
@@ -61,12 +62,15 @@ class Gateway:
     """One configured gateway: the request pipeline's view of the configuration."""
 
     def __init__(self, config: Config, plugins: PluginSet, router: Router,
-                 global_chain: Chain, upstreams: dict[str, Upstream]) -> None:
+                 global_chain: Chain, upstreams: dict[str, Upstream],
+                 tls: ListenerTls | None = None) -> None:
         self.config = config
         self.plugins = plugins
         self.router = router
         self.global_chain = global_chain
         self.upstreams = upstreams
+        # [gateway.tls]: the listener's certificates (contexts built at load), HSTS.
+        self.tls = tls
         self.forwarded = ForwardedRule(config.gateway.trusted_networks())
         self.max_body = config.gateway.max_body
         self.drop_underscores = config.gateway.underscore_headers == "drop"
@@ -216,9 +220,11 @@ def build_gateway(config: Config, extra_plugins: Mapping[str, Any] | None = None
         if handler is not None:
             route.payload = RoutePlan(chain=chain, kind=kind.key, handler=handler)
     issues.extend(_dedupe(builder.issues))
+    tls, tls_issues = listener_tls(config)
+    issues.extend(tls_issues)
     if issues:
         raise ConfigError(config.source, issues)
-    return Gateway(config, plugins, router, global_chain, upstreams)
+    return Gateway(config, plugins, router, global_chain, upstreams, tls=tls)
 
 
 def load_gateway(path: str | Path, env: Mapping[str, str] | None = None,

@@ -107,18 +107,29 @@ def serve(config_path: str | None, listen: str | None, workers: str | None,
             admin_socks = bind(*split_listen(admin_address), reuse_port=False)
         except OSError as exc:
             _fail(f"cannot listen on {admin_address} (admin.listen): {exc.strerror or exc}")
+    redirect_socks = []
+    redirect_address = gateway.config.gateway.redirect_http
+    if redirect_address is not None:
+        try:
+            redirect_socks = bind(*split_listen(redirect_address), reuse_port=False)
+        except OSError as exc:
+            for sock in admin_socks:
+                sock.close()
+            _fail(f"cannot listen on {redirect_address} (gateway.redirect_http): "
+                  f"{exc.strerror or exc}")
     if count > 1:
         try:
             supervisor = Supervisor.bind(gateway, host, port, count, reload,
-                                         admin_socks=admin_socks, watch=watch)
+                                         admin_socks=admin_socks, watch=watch,
+                                         redirect_socks=redirect_socks)
         except OSError as exc:
-            for sock in admin_socks:
+            for sock in [*admin_socks, *redirect_socks]:
                 sock.close()
             _fail(f"cannot listen on {address}: {exc.strerror or exc}")
         sys.exit(supervisor.run())
     try:
         asyncio.run(serve_forever(gateway, host, port, reload=reload, admin_socks=admin_socks,
-                                  watch=watch))
+                                  watch=watch, redirect_socks=redirect_socks))
     except OSError as exc:
         _fail(f"cannot listen on {address}: {exc.strerror or exc}")
     except KeyboardInterrupt:

@@ -34,6 +34,7 @@ from .errors import (
 from .kinds import Routed
 from .router import Match
 from .sanitize import check_framing, check_headers, host_of, normalize_path, request_id
+from .tls import client_cert_of
 from .upstream.forward import Streamer
 
 if TYPE_CHECKING:
@@ -114,6 +115,9 @@ class Pipeline:
                     ctx.status = response.status
             # Never let the server library announce itself (a plugin may remove upstream's).
             response.headers.setdefault("Server", "pygate")
+            tls = gw.tls  # [gateway.tls] hsts: every response over TLS, problems included
+            if tls is not None and tls.hsts is not None and request.secure:
+                response.headers["Strict-Transport-Security"] = tls.hsts
             # during a drain: Connection: close; after a protocol switch the parser took
             # but the gateway did not (a refused WebSocket upgrade), too
             if close or self.draining or (response.status != 101 and "Upgrade" in request.headers
@@ -142,6 +146,9 @@ class Pipeline:
         ctx = Context(request_id=request_id(headers.get("X-Request-ID")), client_ip="",
                       method=request.method, path=request.raw_path, start=time.monotonic())
         ctx.app, ctx.gateway = gw, gw.facade
+        tls = gw.tls
+        if tls is not None and tls.client_certs:  # parsed once per connection
+            ctx.client_cert = client_cert_of(request.transport)
         hops = headers.getall("X-Forwarded-For", None)  # several lines are one list
         ctx.client_ip, forwarded_for, trusted = gw.forwarded.resolve(
             request.remote or "", ", ".join(hops) if hops else None)

@@ -103,7 +103,7 @@ def log_refused(file: str, errors: Errors) -> None:
 def warn_restart_only(old: Gateway, new: Gateway) -> None:
     """Log the settings a reload cannot apply (listening sockets, the worker count)."""
     before, after = old.config.gateway, new.config.gateway
-    for key in ("listen", "workers"):
+    for key in ("listen", "workers", "redirect_http"):
         if getattr(before, key) != getattr(after, key):
             log.warning("setting changed; it takes effect at the next restart",
                         key=f"gateway.{key}", running=getattr(before, key),

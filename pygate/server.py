@@ -27,11 +27,13 @@ import structlog
 from aiohttp import web
 
 from .app import Gateway
+from .http2 import Http2Server, protocol_factory
 from .listener import AcceptSite, bind
 from .logs import configure_logging, log_format, set_log_format, set_process_fields
 from .pipeline import InFlight, Pipeline
 from .protocol import GatewayServer, make_server
 from .reload import Loader, Reloader, digest_of
+from .tls import open_redirect
 
 if TYPE_CHECKING:
     from .admin.control import Cluster
@@ -51,9 +53,13 @@ class Running:
     """A started gateway: the runner, its bound address, and how to stop it."""
 
     def __init__(self, gateway: Gateway, runner: web.ServerRunner, host: str, port: int,
-                 pipeline: Pipeline | None = None) -> None:
+                 pipeline: Pipeline | None = None, *,
+                 redirect: web.ServerRunner | None = None,
+                 http2: Http2Server | None = None) -> None:
         self.gateway = gateway
         self.runner = runner
+        self.redirect = redirect  # gateway.redirect_http's listener (pygate.tls)
+        self.http2 = http2  # the listener's HTTP/2 connections (pygate.http2)
         self.host = host
         self.port = port
         self.pipeline = pipeline or Pipeline(gateway)
@@ -65,7 +71,8 @@ class Running:
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        scheme = "https" if self.gateway.tls is not None else "http"
+        return f"{scheme}://{host}:{self.port}"
 
     @property
     def generation(self) -> int:
@@ -88,6 +95,8 @@ class Running:
     async def stop(self) -> None:
         """Drain (up to ``gateway.drain_timeout``), close what is left, stop the gateway."""
         await self.drain(self.gateway.config.gateway.drain_timeout)
+        if self.http2 is not None:
+            await self.http2.shutdown(CUT_GRACE)
         await self.runner.cleanup()
         # Every handler has ended now: gateways replaced by a reload stop too.
         retiring = list(self._retiring.values())
@@ -105,6 +114,8 @@ class Running:
         their request is done. Whatever is still running afterwards is cut by
         ``runner.cleanup()`` within :data:`CUT_GRACE`.
         """
+        if self.redirect is not None:  # its answers take no time: it closes at once
+            await self.redirect.cleanup()
         for site in list(self.runner.sites):
             await site.stop()
         server = self.runner.server
@@ -116,6 +127,8 @@ class Running:
             server.close_idle()
         else:
             server.pre_shutdown()
+        if self.http2 is not None:  # HTTP/2 connections get GOAWAY instead
+            self.http2.drain()
         for gateway in [*self._retiring, self.gateway]:
             await gateway.drain()
         steps = max(1, round(within / DRAIN_POLL))
@@ -154,6 +167,18 @@ class Running:
             limits = gateway.config.gateway
             server.set_timeouts(header_timeout=limits.header_timeout,
                                 keepalive_timeout=limits.keepalive_timeout)
+            tls = gateway.tls
+            factory, self.http2 = protocol_factory(
+                server, limits, tls=tls is not None, http2=tls is not None and tls.http2,
+                edge=self.http2)
+            for site in self.runner.sites:
+                if isinstance(site, AcceptSite):
+                    site.factory = factory
+        # New connections get the certificates read again; open ones keep theirs.
+        context = gateway.tls.context if gateway.tls is not None else None
+        for site in self.runner.sites:
+            if isinstance(site, AcceptSite):
+                site.ssl = context
         self._number(gateway, generation if generation is not None else self.generation + 1)
         self.gateway = gateway
         if gc.get_freeze_count():
@@ -186,11 +211,14 @@ async def _retire(gateway: Gateway, left: InFlight) -> None:
 
 
 async def start(gateway: Gateway, host: str, port: int, *,
-                socks: Sequence[socket.socket] = (), reuse_port: bool = False) -> Running:
+                socks: Sequence[socket.socket] = (), reuse_port: bool = False,
+                redirect_socks: Sequence[socket.socket] | None = None) -> Running:
     """Start the gateway's resources, then bind ``host:port`` and serve.
 
     With ``socks`` (already bound and listening, e.g. by the workers'
-    supervisor) the gateway serves on those instead of binding.
+    supervisor) the gateway serves on those instead of binding. With
+    ``[gateway.tls]`` they speak TLS; ``gateway.redirect_http`` serves on
+    ``redirect_socks`` (bound here when None).
     """
     await gateway.start()
     try:
@@ -203,14 +231,20 @@ async def start(gateway: Gateway, host: str, port: int, *,
                              on_refused=pipeline.refused)
         runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=CUT_GRACE)
         await runner.setup()
-        sites = [AcceptSite(runner, sock) for sock in socks]
+        tls = gateway.tls
+        context = tls.context if tls is not None else None
+        factory, http2 = protocol_factory(server, limits, tls=tls is not None,
+                                          http2=tls is not None and tls.http2)
+        sites = [AcceptSite(runner, sock, ssl=context, factory=factory) for sock in socks]
         for site in sites:
             await site.start()
+        address = socks[0].getsockname()
+        redirect = await open_redirect(gateway.config, address[1], redirect_socks)
     except BaseException:
         await gateway.stop()
         raise
-    address = socks[0].getsockname()
-    return Running(gateway, runner, address[0], address[1], pipeline)
+    return Running(gateway, runner, address[0], address[1], pipeline, redirect=redirect,
+                   http2=http2)
 
 
 def settle_heap() -> None:
@@ -232,7 +266,8 @@ async def serve_forever(gateway: Gateway, host: str, port: int, *,
                         on_ready: Callable[[Running], None] | None = None,
                         reload: Loader | None = None, admin_socks: Sequence[socket.socket] = (),
                         cluster: Cluster | None = None, generation: int = 1,
-                        watch: bool = False) -> None:
+                        watch: bool = False,
+                        redirect_socks: Sequence[socket.socket] | None = None) -> None:
     """Serve until SIGTERM/SIGINT, then drain in-flight requests and stop.
 
     With ``socks`` (already bound and listening, e.g. by the workers'
@@ -246,7 +281,8 @@ async def serve_forever(gateway: Gateway, host: str, port: int, *,
     listens) until after the drain. ``cluster`` is set in a worker
     (:mod:`pygate.workers`): with its private directory, the worker also
     answers the admin's questions on its control socket. ``generation`` is the
-    number of the configuration ``gateway`` was loaded from.
+    number of the configuration ``gateway`` was loaded from. ``redirect_socks``:
+    ``gateway.redirect_http``'s sockets, when bound already (:func:`start`).
     """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -261,7 +297,8 @@ async def serve_forever(gateway: Gateway, host: str, port: int, *,
             from .admin import AdminServer
 
             admin = await AdminServer.open(admin_socks, cluster, gateway)
-        running = await start(gateway, host, port, socks=socks, reuse_port=reuse_port)
+        running = await start(gateway, host, port, socks=socks, reuse_port=reuse_port,
+                              redirect_socks=redirect_socks)
         running.generation = generation
         reloader = Reloader(running, reload,
                             generation=cluster.generation if cluster is not None else None)
@@ -270,6 +307,8 @@ async def serve_forever(gateway: Gateway, host: str, port: int, *,
             admin.attach(running, reloader)
         settle_heap()
         log.info("listening", url=running.url, routes=len(gateway.router.routes))
+        if running.redirect is not None:
+            log.info("redirecting to https", urls=[site.name for site in running.redirect.sites])
         if on_ready is not None:
             on_ready(running)
         tasks.append(loop.create_task(_reload_on_hangup(reloader, hangup)))

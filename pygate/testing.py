@@ -18,6 +18,18 @@ lines::
 Plugin objects given in ``plugins`` are used instead of installed entry points
 (autoload stays on for other names, so a configured installed plugin still
 loads). The gateway is a real server on a free loopback port.
+
+The test gateway listens without TLS. A request can still come with a client
+certificate, as if the TLS listener had verified it (for plugins that read
+``ctx.client_cert``, such as ``mtls``)::
+
+    cert = ClientCert(subject="CN=payments-svc,O=Example", cn="payments-svc",
+                      sans=(("DNS", "payments.internal"),), serial="1f",
+                      not_after=time.time() + 86400)
+    status, headers, body = await gateway.request("GET", "/x", client_cert=cert)
+
+It is sent on a connection of its own, and the gateway sets ``ctx.client_cert``
+for the requests of that connection only, as it does for a TLS connection.
 """
 
 from __future__ import annotations
@@ -44,6 +56,7 @@ from multidict import CIMultiDictProxy
 
 from .app import build_gateway
 from .config import load_data
+from .context import ClientCert, Context
 from .server import Running, start
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -121,14 +134,35 @@ class TestGateway:
 
     running: Running
     session: aiohttp.ClientSession
+    # the client certificates of open test connections, by the client's (host, port)
+    client_certs: dict[tuple[str, int], ClientCert] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
         return self.running.url
 
-    async def request(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any, Any]:
-        """``(status, headers, body)``; the body is parsed JSON when it is JSON."""
-        async with self.session.request(method, self.url + path, **kwargs) as response:
+    async def request(self, method: str, path: str, *, client_cert: ClientCert | None = None,
+                      **kwargs: Any) -> tuple[int, Any, Any]:
+        """``(status, headers, body)``; the body is parsed JSON when it is JSON.
+
+        :param client_cert: the request comes on a connection whose client presented
+            this verified certificate (``ctx.client_cert``; see the module's docstring).
+        """
+        if client_cert is None:
+            return await self._request(self.session, method, path, **kwargs)
+        address = ("127.0.0.1", free_port())
+        self.client_certs[address] = client_cert
+        connector = aiohttp.TCPConnector(local_addr=address, force_close=True)
+        try:
+            async with aiohttp.ClientSession(connector=connector,
+                                             auto_decompress=False) as session:
+                return await self._request(session, method, path, **kwargs)
+        finally:
+            del self.client_certs[address]
+
+    async def _request(self, session: aiohttp.ClientSession, method: str, path: str,
+                       **kwargs: Any) -> tuple[int, Any, Any]:
+        async with session.request(method, self.url + path, **kwargs) as response:
             raw = await response.read()
             body: Any = raw
             if "json" in response.headers.get("Content-Type", ""):
@@ -151,7 +185,29 @@ async def start_gateway(config: Mapping[str, Any], plugins: Mapping[str, Any] | 
     gateway = build_gateway(model, extra_plugins=plugins)
     running = await start(gateway, "127.0.0.1", 0)
     session = aiohttp.ClientSession(auto_decompress=False)
-    return TestGateway(running=running, session=session)
+    test_gateway = TestGateway(running=running, session=session)
+    _set_client_certs(running, test_gateway.client_certs)
+    return test_gateway
+
+
+def _set_client_certs(running: Running, certs: dict[tuple[str, int], ClientCert]) -> None:
+    """Make the pipeline set ``ctx.client_cert`` for the requests of the connections in
+    ``certs`` (by client address): what the TLS listener does for a verified client
+    certificate, on a plain test listener."""
+    pipeline = running.pipeline
+    make_context = pipeline.context
+
+    def context(request: web.BaseRequest, gw: Any) -> tuple[Context, tuple[str, bool]]:
+        ctx, forwarded = make_context(request, gw)
+        if certs:
+            transport = request.transport
+            peer = transport.get_extra_info("peername") if transport is not None else None
+            cert = certs.get((peer[0], peer[1])) if peer else None
+            if cert is not None:
+                ctx.client_cert = cert
+        return ctx, forwarded
+
+    pipeline.context = context  # type: ignore[method-assign]
 
 
 def free_port() -> int:

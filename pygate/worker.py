@@ -129,11 +129,12 @@ class MetricsFiles:
 def run_worker(gateway: Gateway, host: str, port: int, socks: list[socket.socket],
                ready_w: int, *, supervisor: int, reload: Loader,
                admin_socks: list[socket.socket] | None = None, cluster: Cluster | None = None,
-               generation: int = 1) -> int:
+               generation: int = 1, redirect_socks: list[socket.socket] | None = None) -> int:
     """A worker's life: serve ``socks`` until SIGTERM (or the supervisor is gone); exit code.
 
     Worker 1 gets ``admin_socks`` and serves the admin listener; with ``cluster``
     (and its private directory) every worker answers on its control socket.
+    Every worker serves ``redirect_socks`` (``gateway.redirect_http``), shared by all.
     """
 
     def ready(running: Running) -> None:
@@ -153,7 +154,7 @@ def run_worker(gateway: Gateway, host: str, port: int, socks: list[socket.socket
         try:
             await serve_forever(gateway, host, port, socks=socks, on_ready=ready, reload=reload,
                                 admin_socks=admin_socks or (), cluster=cluster,
-                                generation=generation)
+                                generation=generation, redirect_socks=redirect_socks or [])
         finally:
             watcher.cancel()
 

@@ -78,7 +78,8 @@ class Supervisor:
 
     def __init__(self, gateway: Gateway, host: str, port: int, count: int,
                  reload: Loader, *, admin_socks: list[socket.socket] | None = None,
-                 watch: bool = False) -> None:
+                 watch: bool = False,
+                 redirect_socks: list[socket.socket] | None = None) -> None:
         self.gateway = gateway
         self.host = host
         self.port = port
@@ -89,6 +90,8 @@ class Supervisor:
         self.reloads = 0  # reload attempts, valid or not (the admin waits for the next)
         self.last_reload: dict[str, Any] | None = None
         self.admin_socks = admin_socks or []  # worker 1 serves the admin listener on them
+        # gateway.redirect_http: one socket (not one per slot) that every worker serves
+        self.redirect_socks = redirect_socks or []
         self.run_dir: str | None = None  # the control sockets' private directory
         self.started_at = time.time()
         self.metrics: MetricsFiles | None = None  # with the prometheus plugin
@@ -104,10 +107,11 @@ class Supervisor:
     @classmethod
     def bind(cls, gateway: Gateway, host: str, port: int, count: int,
              reload: Loader, *, admin_socks: list[socket.socket] | None = None,
-             watch: bool = False) -> Supervisor:
+             watch: bool = False,
+             redirect_socks: list[socket.socket] | None = None) -> Supervisor:
         """Bind every slot's sockets (OSError when the address cannot be bound)."""
         supervisor = cls(gateway, host, port, count, reload, admin_socks=admin_socks,
-                         watch=watch)
+                         watch=watch, redirect_socks=redirect_socks)
         try:
             for slot in supervisor.slots:
                 slot.socks = bind(host, supervisor.port, reuse_port=True)
@@ -121,7 +125,8 @@ class Supervisor:
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        scheme = "https" if self.gateway.tls is not None else "http"
+        return f"{scheme}://{host}:{self.port}"
 
     # -- the loop ----------------------------------------------------------
 
@@ -168,6 +173,7 @@ class Supervisor:
                 slot.close_socks()
                 slot.close_ready()
             self._close_admin()
+            self._close_redirect()
             if self.run_dir is not None:
                 shutil.rmtree(self.run_dir, ignore_errors=True)
             if self.metrics is not None:
@@ -177,6 +183,11 @@ class Supervisor:
         for sock in self.admin_socks:
             sock.close()
         self.admin_socks = []
+
+    def _close_redirect(self) -> None:
+        for sock in self.redirect_socks:
+            sock.close()
+        self.redirect_socks = []
 
     def _write_state(self) -> None:
         """What the admin listener reads of the supervisor (pygate.admin.control)."""
@@ -302,7 +313,7 @@ class Supervisor:
         return run_worker(self.gateway, self.host, self.port, slot.socks, ready_w,
                           supervisor=os.getppid(), reload=self.reload,
                           admin_socks=admin_socks, cluster=cluster,
-                          generation=self.generation)
+                          generation=self.generation, redirect_socks=self.redirect_socks)
 
     def _on_ready(self, slot: Slot) -> None:
         assert slot.ready_fd is not None
@@ -389,6 +400,7 @@ class Supervisor:
             slot.restart_at = None
             self._signal(slot, signal.SIGTERM)
         self._close_admin()  # worker 1 keeps its copy until its drain is over
+        self._close_redirect()  # and every worker its copy of these
         self._write_state()
         log.info("draining", reason=reason, timeout_s=self.drain_timeout,
                  workers=[s.pid for s in self.slots if s.pid is not None])

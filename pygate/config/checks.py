@@ -18,8 +18,12 @@ def is_url(value: str) -> bool:
 
 
 def cross_check(config: Config) -> list[ConfigIssue]:
-    """Checks that span sections: unique names, route kinds, references, templates."""
-    return check_routes(config, range(len(config.routes)), list(config.upstreams))
+    """Checks that span sections: unique names, route kinds, references, templates;
+    and the files upstreams' ``tls`` tables name (read, their paths made absolute)."""
+    from ..upstream.tls import check_upstream_tls
+
+    issues = check_routes(config, range(len(config.routes)), list(config.upstreams))
+    return issues + check_upstream_tls(config)
 
 
 _REWRITE_PLACEHOLDER = re.compile(r"\{[^{}]*\}")
@@ -78,6 +82,15 @@ def check_routes(config: Config, indices: Iterable[int],
         if not _is_loopback(host):
             issues.append(ConfigIssue("admin.token", "required (and not empty) when "
                                       "admin.listen is not a loopback address"))
+    gateway = config.gateway
+    if gateway.redirect_http is not None and gateway.tls is None:
+        issues.append(ConfigIssue("gateway.redirect_http", "needs [gateway.tls] (it redirects "
+                                  "to the https URL of gateway.listen)"))
+    tls = gateway.tls
+    if tls is not None and tls.client_cert == "required" and tls.client_ca is None:
+        issues.append(ConfigIssue("gateway.tls.client_cert", '"required" needs '
+                                  "gateway.tls.client_ca (the CA that verifies client "
+                                  "certificates)"))
 
     for index, route in zip(indices, config.routes, strict=True):
         where = f"routes[{index}]"

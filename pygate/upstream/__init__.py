@@ -7,10 +7,16 @@ configuration (:mod:`.balancer`), and the health of its targets
 passive breaker fed by :func:`.forward.send`). :meth:`Upstream.pick` chooses a
 target among those that are healthy, not ejected and not excluded.
 
+An upstream with ``https://`` targets builds its TLS settings once, when it is
+built from the configuration (:mod:`.tls`: the ``SSLContext``, the name sent as
+SNI and checked, the client certificate); its pools, its health checks and its
+WebSocket handshakes all use them.
+
 A reload builds new :class:`Upstream` objects; one whose configuration did not
 change adopts the running one's targets (:meth:`Upstream.adopt`: their
 keep-alive pools, health, breakers and in-flight counts) and its health checks,
-so the old and the new gateway share them until the old one stops.
+so the old and the new gateway share them until the old one stops. A change of
+its ``tls`` table, or of the files it names, is a change: new pools.
 """
 
 from __future__ import annotations
@@ -23,12 +29,13 @@ from typing import Any
 import structlog
 from yarl import URL
 
-from ..config import UpstreamConfig
+from ..config import ConfigError, ConfigIssue, UpstreamConfig, key_path
 from ..context import Context
 from ..errors import ServiceUnavailable
 from .balancer import Balancer, make_balancer
 from .client import Pool
 from .health import CLOSED, Breaker, HealthChecker
+from .tls import ClientTls, TlsSettingError, client_tls, has_https_target
 
 log = structlog.get_logger("pygate")
 
@@ -64,6 +71,21 @@ class Target:
         self.active -= 1
 
 
+def pool_for(url: URL, tls: ClientTls | None, *, limit: int, connect_timeout: float,
+             read_timeout: float) -> Pool:
+    """A connection pool to the target at ``url``, with its upstream's TLS settings."""
+    host = url.raw_host or ""
+    https = url.scheme == "https"
+    return Pool(url.scheme, host, url.port or (443 if https else 80), limit=limit,
+                connect_timeout=connect_timeout, read_timeout=read_timeout,
+                ssl_context=tls.context if https and tls is not None else None,
+                server_name=tls.hostname(host) if https and tls is not None else None)
+
+
+def _digest(tls: ClientTls | None) -> str | None:
+    return tls.digest if tls is not None else None
+
+
 class Upstream:
     """A named group of targets, each with its connection pool."""
 
@@ -74,6 +96,8 @@ class Upstream:
         self.label = "the upstream" if "://" in name else f"upstream {name!r}"
         self.config = config
         self.retries = config.retries
+        # https targets: the context, SNI name and client certificate, built now (at load)
+        self.tls: ClientTls | None = self._client_tls(name, config)
         self.targets = [Target(URL(t.url), t.weight) for t in config.targets]
         if config.breaker is not None:
             for target in self.targets:
@@ -86,7 +110,8 @@ class Upstream:
         self._hash_consumer = config.hash_on == "consumer"
         # True while every target is healthy with a closed breaker: pick's fast path.
         self.all_up = True
-        self.checker = (HealthChecker(name, self.targets, config.health, self.set_health)
+        self.checker = (HealthChecker(name, self.targets, config.health, self.set_health,
+                                      tls=self.tls)
                         if config.health is not None else None)
         # The upstreams (of successive gateways) sharing these targets, pools and checks.
         self._sharing: list[Upstream] = [self]
@@ -101,9 +126,11 @@ class Upstream:
         the breakers' state and the in-flight counts (least-conn) carry over.
         """
         if (running.name != self.name or running.config != self.config or self._adopted
-                or any(t.pool is None for t in running.targets)):
+                or any(t.pool is None for t in running.targets)
+                or _digest(running.tls) != _digest(self.tls)):  # renewed certificate files
             return False
         self.targets = running.targets
+        self.tls = running.tls  # the same settings: the one the adopted pools use
         self.balancer = running.balancer
         self._single = running._single
         self.checker = running.checker
@@ -116,16 +143,31 @@ class Upstream:
     async def start(self) -> None:
         if self._adopted:
             return  # the pools and checks of the upstream adopted are running
+        if self.tls is not None:
+            self.tls.warn(self.name)
         for target in self.targets:
-            url = target.url
-            target.pool = Pool(
-                url.scheme, url.raw_host or "", url.port or (443 if url.scheme == "https" else 80),
-                limit=self.config.max_connections,
-                connect_timeout=self.config.connect_timeout,
-                read_timeout=self.config.read_timeout,
-            )
+            target.pool = pool_for(target.url, self.tls, limit=self.config.max_connections,
+                                   connect_timeout=self.config.connect_timeout,
+                                   read_timeout=self.config.read_timeout)
         if self.checker is not None:
             self.checker.start()
+
+    @staticmethod
+    def _client_tls(name: str, config: UpstreamConfig) -> ClientTls | None:
+        """The TLS settings of an upstream with https targets; None without any.
+
+        The load-time check (:func:`.tls.check_upstream_tls`) has reported what is
+        wrong with them already; a file changed since then is still a configuration
+        error, never a traceback.
+        """
+        if not has_https_target(config):
+            return None
+        try:
+            return client_tls(config.tls)
+        except TlsSettingError as exc:
+            raise ConfigError(f"upstream {name!r}", [
+                ConfigIssue(key_path(("upstreams", name, "tls", key)), message)
+                for key, message in exc.problems]) from None
 
     async def close(self) -> None:
         sharing = self._sharing

@@ -10,8 +10,12 @@ llhttp (through ``httptools``) parsing responses, flow control in both
 directions, and a bounded pool per target. WebSockets and plugins keep using
 aiohttp's client.
 
-Errors are :class:`UpstreamError` subclasses (:mod:`pygate.upstream.response`),
-mapped to 502/504 by :mod:`pygate.upstream.forward`.
+Errors are :class:`UpstreamError` subclasses (:mod:`pygate.upstream.response`, and
+:class:`TlsError` here), mapped to 502/504 by :mod:`pygate.upstream.forward`.
+
+An ``https`` pool is given its upstream's ``SSLContext`` and the name to send as SNI
+and check (:mod:`pygate.upstream.tls`, built at load); a plain pool has neither and
+does no TLS work at all.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from .response import (
     UpstreamError,
     UpstreamResponse,
 )
+from .tls import handshake_failure
 
 __all__ = [
     "BodyLengthMismatch",
@@ -48,11 +53,25 @@ __all__ = [
     "Pool",
     "ProtocolError",
     "ReadTimeout",
+    "TlsError",
     "UpstreamError",
     "UpstreamResponse",
     "build_head",
     "head_problem",
 ]
+
+
+class TlsError(ConnectError):
+    """The TLS handshake with a target failed: its certificate did not verify (an unknown
+    CA, another name, expired) or it refused the gateway's. ``detail`` says why, for logs
+    and the breaker; clients are only told that the handshake failed."""
+
+    reason = "failed the TLS handshake"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
 
 # Methods sent again on a new connection when a reused one closes before any answer
 # (the target may have processed a request and then died; only these are safe twice).
@@ -102,7 +121,10 @@ class Connection(asyncio.Protocol):
         self.pool.forget(self)
         response = self._response
         if self._head is not None and not self._head.done():
-            self._head.set_exception(Disconnected())
+            # a TLS 1.3 server checks the client certificate after the client's handshake
+            # is over: its refusal arrives as an alert instead of a response
+            self._head.set_exception(TlsError(handshake_failure(exc))
+                                     if isinstance(exc, ssl.SSLError) else Disconnected())
         elif response is not None and not response._done:
             if exc is None and response.close_delimited:
                 response._finish()  # a body delimited by the connection's end
@@ -294,11 +316,18 @@ class Connection(asyncio.Protocol):
 
 
 class Pool:
-    """Keep-alive connections to one target (``http://host:port`` or https)."""
+    """Keep-alive connections to one target (``http://host:port`` or https).
+
+    :param ssl_context: an https target's context (its upstream's, built at load); the
+        system's default one when not given.
+    :param server_name: the name an https target is asked for (SNI) and checked
+        against; its host when not given.
+    """
 
     def __init__(self, scheme: str, host: str, port: int, *, limit: int,
                  connect_timeout: float, read_timeout: float,
-                 keepalive_timeout: float = 30.0) -> None:
+                 keepalive_timeout: float = 30.0, ssl_context: ssl.SSLContext | None = None,
+                 server_name: str | None = None) -> None:
         self.loop = asyncio.get_event_loop()
         self.scheme = scheme
         self.host = host
@@ -307,9 +336,10 @@ class Pool:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.keepalive_timeout = keepalive_timeout
+        https = scheme == "https"
         self.ssl: ssl.SSLContext | None = (
-            ssl.create_default_context() if scheme == "https" else None)
-        self.server_hostname = host if scheme == "https" else None
+            (ssl_context or ssl.create_default_context()) if https else None)
+        self.server_hostname = (server_name or host) if https else None
         self._idle: collections.deque[Connection] = collections.deque()
         self._open: set[Connection] = set()
         self._waiters: collections.deque[asyncio.Future[Connection | None]] = collections.deque()
@@ -382,6 +412,9 @@ class Pool:
         except TimeoutError:
             self.forget(conn)
             raise ConnectTimeout() from None
+        except ssl.SSLError as exc:  # an OSError too: told apart for the logs and retries
+            self.forget(conn)
+            raise TlsError(handshake_failure(exc)) from exc
         except OSError as exc:
             self.forget(conn)
             raise ConnectError() from exc

@@ -12,7 +12,6 @@ about the upstream's address reaches the client.
 from __future__ import annotations
 
 import asyncio
-import ssl
 import weakref
 from collections.abc import AsyncIterator
 from typing import Protocol
@@ -42,6 +41,7 @@ from .client import (
     Disconnected,
     InvalidHead,
     ProtocolError,
+    TlsError,
     UpstreamError,
     UpstreamResponse,
 )
@@ -134,7 +134,9 @@ async def send(
     body can be sent again (none, or bytes) are retried up to ``retries``
     times, on another target when there is one, after a refused connection, a
     connect timeout, a connection closed or reset before the response, or a
-    502/503/504 answer, while ``deadline`` is ahead. A 502/503/504 left when
+    502/503/504 answer, while ``deadline`` is ahead. After a failed TLS handshake
+    (a certificate that does not verify, or ours refused) only a target not tried
+    yet is tried: the same one would fail the same way. A 502/503/504 left when
     the attempts run out is returned as it is. Every outcome feeds the target's
     breaker; the target counts the request in ``active`` until the returned
     response is released or closed.
@@ -156,6 +158,7 @@ async def send(
     target = upstream.pick(ctx, headers=headers)
     tried: list[Target] = []
     path = upstream_request.target
+    tls_failed = False
     while True:
         ctx.target = target.label
         pool = target.pool
@@ -174,6 +177,10 @@ async def send(
         except Exception as exc:
             target.active -= 1
             error, retryable, blame = _classify(exc, upstream, timer.expired())
+            if isinstance(exc, TlsError):
+                tls_failed = True
+                log.warning("upstream TLS handshake failed", request_id=ctx.request_id,
+                            upstream=upstream.name, target=target.label, reason=exc.detail)
             if blame is None:
                 upstream.abandoned(target, ctx)
             else:
@@ -194,7 +201,7 @@ async def send(
             retryable = True
         tried.append(target)
         if retryable and len(tried) <= retries and asyncio.get_running_loop().time() < deadline:
-            following = _retry_target(upstream, ctx, headers, tried)
+            following = _retry_target(upstream, ctx, headers, tried, again=not tls_failed)
             if following is not None:
                 log.info("upstream retry", request_id=ctx.request_id, upstream=upstream.name,
                          target=target.label, next_target=following.label, reason=reason)
@@ -226,12 +233,14 @@ def _replayable(data: object) -> bool:
 
 
 def _retry_target(upstream: Upstream, ctx: Context, headers: CIMultiDict[str],
-                  tried: list[Target]) -> Target | None:
-    """Another target than those tried when there is one, else the same one again."""
+                  tried: list[Target], *, again: bool = True) -> Target | None:
+    """Another target than those tried when there is one, else (with ``again``) the same
+    one again."""
     try:
         return upstream.pick(ctx, frozenset(tried), headers=headers)
     except ServiceUnavailable:
-        pass
+        if not again:
+            return None
     try:
         return upstream.pick(ctx, headers=headers)
     except ServiceUnavailable:
@@ -243,11 +252,12 @@ def _classify(exc: BaseException, upstream: Upstream, expired: bool
     """A failed attempt -> (the client's error, whether to retry, the target's fault or None).
 
     Retried: refused connections, connect timeouts, connections closed or reset
-    before the response. Not retried: the request's own deadline, a read
-    timeout (the upstream may be working on it), a malformed response, and
-    failures of the client's own body (too large, cut short, broken framing:
-    :meth:`BodyLimit.chunks` raises those as GatewayErrors, the first case
-    below), which are not the target's fault either.
+    before the response, failed TLS handshakes (on another target only). Not
+    retried: the request's own deadline, a read timeout (the upstream may be
+    working on it), a malformed response, and failures of the client's own body
+    (too large, cut short, broken framing: :meth:`BodyLimit.chunks` raises those
+    as GatewayErrors, the first case below), which are not the target's fault
+    either.
     """
     name = upstream.label
     if isinstance(exc, GatewayError):
@@ -259,9 +269,10 @@ def _classify(exc: BaseException, upstream: Upstream, expired: bool
             "connect timeout"
     if isinstance(exc, TimeoutError):
         return GatewayTimeout(f"{name} did not answer in time"), False, "read timeout"
+    if isinstance(exc, TlsError):  # the reason stays in the logs: it names hosts
+        return BadGateway(f"{name} failed the TLS handshake"), True, \
+            f"TLS handshake failed: {exc.detail}"
     if isinstance(exc, ConnectError):
-        if isinstance(exc.__cause__, ssl.SSLError):
-            return BadGateway(f"{name} failed the TLS handshake"), False, "TLS handshake failed"
         return BadGateway(f"{name} refused the connection"), True, "connection refused"
     cause = exc.__cause__
     if isinstance(cause, GatewayError):

@@ -21,10 +21,11 @@ from typing import TYPE_CHECKING
 import structlog
 
 from ..config import HealthConfig
-from .client import ConnectError, Pool, UpstreamError
+from .client import ConnectError, Pool, TlsError, UpstreamError
 
 if TYPE_CHECKING:
     from . import Target
+    from .tls import ClientTls
 
 log = structlog.get_logger("pygate")
 
@@ -109,13 +110,16 @@ class HealthChecker:
     a one-connection pool of the probe's own (so that a saturated request pool
     never delays a probe into a false failure); a 2xx or 3xx answer within
     ``timeout`` is a success, anything else (another status, a refused or reset
-    connection, a timeout) a failure. The first probe goes out as soon as the
-    gateway starts, then one every ``interval``.
+    connection, a failed TLS handshake, a timeout) a failure. The first probe goes
+    out as soon as the gateway starts, then one every ``interval``. An https target
+    is probed with its upstream's TLS settings (``tls``), as requests are sent.
     """
 
     def __init__(self, upstream: str, targets: Sequence[Target], config: HealthConfig,
-                 on_change: Callable[[Target, bool], None]) -> None:
+                 on_change: Callable[[Target, bool], None], *,
+                 tls: ClientTls | None = None) -> None:
         self.upstream = upstream
+        self.tls = tls
         self.targets = list(targets)
         self.config = config
         self.on_change = on_change
@@ -124,11 +128,12 @@ class HealthChecker:
         self.pools: list[Pool] = []
 
     def start(self) -> None:
+        from . import pool_for
+
         loop = asyncio.get_running_loop()
         timeout = self.config.timeout
         self.pools = [
-            Pool(t.url.scheme, t.url.raw_host or "", t.url.port or 80, limit=1,
-                 connect_timeout=timeout, read_timeout=timeout)
+            pool_for(t.url, self.tls, limit=1, connect_timeout=timeout, read_timeout=timeout)
             for t in self.targets
         ]
         self.tasks = [
@@ -181,6 +186,8 @@ class HealthChecker:
             return f"status {response.status}"
         except TimeoutError:
             return "timed out"
+        except TlsError as exc:
+            return f"TLS handshake failed: {exc.detail}"
         except ConnectError:
             return "connection refused"
         except UpstreamError as exc:

@@ -4,8 +4,10 @@ A WebSocket request meets the same chain as any other request (``pre_route``,
 ``authenticate``, ``admit``, ``transform_request``): :func:`connect` runs only
 after them, so a refused request gets its problem document and no upgrade.
 :func:`connect` opens the upstream WebSocket first (its refusal becomes a
-problem document with the upstream's status, 502 for a connection failure, 504
-when it does not answer within ``gateway.timeout``), then returns the client's
+problem document with the upstream's status, 502 for a connection failure or a
+failed TLS handshake, 504 when it does not answer within ``gateway.timeout``;
+a ``wss://`` target gets its upstream's TLS settings, as proxied requests do),
+then returns the client's
 unsent ``101`` response and a streamer: ``post_response`` hooks still see the
 response before the handshake goes out, and the streamer pumps messages both
 ways once it has.
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import ssl
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING
 
@@ -38,6 +41,7 @@ from ..sanitize import strip_hop_by_hop
 from . import Target, Upstream
 from .client import head_problem
 from .forward import Streamer, refused_head, target_url
+from .tls import handshake_failure
 
 if TYPE_CHECKING:
     from ..app import Gateway
@@ -185,11 +189,14 @@ async def connect(
     strip_hop_by_hop(headers)
     for name in HANDSHAKE_HEADERS:
         headers.popall(name, None)
+    tls = upstream.tls if target.url.scheme == "https" else None
     target.active += 1
     try:
         async with asyncio.timeout_at(deadline):
             upstream_ws = await session.ws_connect(
                 ws_url(target, upstream_request),
+                ssl=tls.context if tls is not None else True,
+                server_hostname=tls.server_name if tls is not None else None,
                 headers=headers,
                 protocols=offered_protocols(request),
                 autoclose=False,
@@ -203,6 +210,9 @@ async def connect(
             upstream.abandoned(target, ctx)  # cancelled: the client went away
             raise
         blame = _blame(exc)
+        if isinstance(exc, aiohttp.ClientSSLError):
+            log.warning("upstream TLS handshake failed", request_id=ctx.request_id,
+                        upstream=upstream.name, target=target.label, reason=_tls_detail(exc))
         if blame is None:
             upstream.succeeded(target, ctx)
         else:
@@ -228,11 +238,19 @@ def _blame(exc: Exception) -> str | None:
         return f"status {exc.status}" if exc.status in (502, 503, 504) else None
     if isinstance(exc, TimeoutError):
         return "timed out"
+    if isinstance(exc, aiohttp.ClientSSLError):  # before its base, ClientConnectorError
+        return f"TLS handshake failed: {_tls_detail(exc)}"
     if isinstance(exc, aiohttp.ClientConnectorError):
         return "connection refused"
     if isinstance(exc, aiohttp.ClientError):
         return "failed the WebSocket upgrade"
     return None
+
+
+def _tls_detail(exc: aiohttp.ClientSSLError) -> str:
+    """Why aiohttp's TLS handshake failed, as the proxy's own client says it."""
+    cause = getattr(exc, "certificate_error", None) or getattr(exc, "os_error", None)
+    return handshake_failure(cause) if isinstance(cause, ssl.SSLError) else str(exc)
 
 
 def _refusal(exc: Exception, label: str) -> GatewayError:
@@ -248,6 +266,8 @@ def _refusal(exc: Exception, label: str) -> GatewayError:
         return exc
     if isinstance(exc, TimeoutError):
         return GatewayTimeout(f"{label} did not answer in time")
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return BadGateway(f"{label} failed the TLS handshake")
     if isinstance(exc, aiohttp.ClientConnectorError):
         return BadGateway(f"{label} refused the connection")
     if isinstance(exc, aiohttp.ClientError):
