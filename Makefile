@@ -8,7 +8,7 @@ PLUGINS := $(sort $(wildcard plugins/*/pyproject.toml))
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?= -n 2
 
-.PHONY: serve test install lint redis-server nginx chromium clean fuzz dist
+.PHONY: serve serve-https test install lint redis-server nginx chromium nodejs graphql-audit clean fuzz dist
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ install: $(STAMP)
 # Ctrl-C, a kill of make alone, or the gateway exiting stops everything.
 serve: $(STAMP)
 	@exec $(BIN)/python -m pygate.demo --gateway pygate.toml
+
+# The same over HTTPS and HTTP/2 on :8443 with a local CA (.demo-tls/ca.pem for curl),
+# :8080 redirecting to it (pygate/demo/tls.py).
+serve-https: $(STAMP)
+	@exec $(BIN)/python -m pygate.demo --gateway pygate.toml --https 8443
 
 # Tests that need Redis start their own redis-server; install it when missing and allowed.
 redis-server:

@@ -27,14 +27,15 @@ def _config(path: Path, port: int, users: int) -> Path:
     return path
 
 
-def _runner(config: Path, ports: dict[str, int], *, prefix: tuple[str, ...] = (),
+def _runner(config: Path, ports: dict[str, int], *extra: str, prefix: tuple[str, ...] = (),
             new_session: bool = False) -> subprocess.Popen[bytes]:
-    args = [sys.executable, "-m", "pygate.demo", "--gateway", str(config)]
+    args = [sys.executable, "-m", "pygate.demo", "--gateway", str(config), *extra]
     for name in SERVICES:
         args += [f"--{name}-port", str(ports[name])]
     command = [*prefix, " ".join(args)] if prefix else args
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=subprocess_env(), start_new_session=new_session)
+                            env=subprocess_env(), start_new_session=new_session,
+                            cwd=config.parent)
 
 
 async def _wait_listening(port: int, within: float = 20.0) -> None:
@@ -108,3 +109,42 @@ async def test_a_service_that_cannot_start_stops_everything_before_the_gateway(
         assert not await accepts_connections(ports["users"])  # the first one stopped again
     finally:
         taken.close()
+
+
+async def test_https_mode_serves_tls_and_http2_and_redirects_the_plain_port(
+        tmp_path: Path) -> None:
+    """`make serve-https`: a local CA's certificate for localhost on the TLS port (ALPN
+    offers h2), HSTS, and the configuration's own listen address answering 308."""
+    import ssl
+
+    ports = {name: free_port() for name in SERVICES}
+    plain, tls_port = free_port(), free_port()
+    config = _config(tmp_path / "pygate.toml", plain, ports["users"])
+    runner = _runner(config, ports, "--https", str(tls_port), new_session=True)
+    try:
+        await _wait_listening(tls_port)
+        ca = tmp_path / ".demo-tls" / "ca.pem"
+        context = ssl.create_default_context(cafile=str(ca))
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"https://localhost:{tls_port}/api/users/1",
+                                   ssl=context) as response:
+                assert response.status == 200
+                assert (await response.json())["id"] in (1, "1")
+                assert response.headers["Strict-Transport-Security"] == "max-age=86400"
+            async with session.get(f"http://127.0.0.1:{plain}/api/users?x=1",
+                                   allow_redirects=False) as response:
+                assert response.status == 308
+                assert response.headers["Location"] == \
+                    f"https://127.0.0.1:{tls_port}/api/users?x=1"
+        context.set_alpn_protocols(["h2", "http/1.1"])
+        _, writer = await asyncio.open_connection("localhost", tls_port, ssl=context)
+        assert writer.get_extra_info("ssl_object").selected_alpn_protocol() == "h2"
+        writer.close()
+        assert (tmp_path / "pygate.https.toml").exists()
+        os.killpg(runner.pid, signal.SIGINT)
+        assert runner.wait(timeout=30) == 0
+        out = runner.stdout.read().decode() if runner.stdout else ""
+        assert f"--cacert {ca}" in out or "--cacert .demo-tls/ca.pem" in out
+    finally:
+        if runner.poll() is None:
+            os.killpg(runner.pid, signal.SIGKILL)

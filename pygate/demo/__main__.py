@@ -49,7 +49,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gateway", metavar="CONFIG",
                         help="also run `pygate serve -c CONFIG` once the services listen, "
                              "and stop both together")
-    return parser.parse_args(argv)
+    parser.add_argument("--https", metavar="PORT", type=int,
+                        help="with --gateway: serve HTTPS (and HTTP/2) on 127.0.0.1:PORT with "
+                             "a local CA's certificate, the config's listen address "
+                             "redirecting to it (pygate/demo/tls.py)")
+    args = parser.parse_args(argv)
+    if args.https is not None and args.gateway is None:
+        parser.error("--https needs --gateway")
+    return args
+
+
+def https_mode(config: str, port: int) -> str:
+    """Make the demo's certificates and HTTPS configuration; say how to reach it; the
+    configuration to serve."""
+    from pathlib import Path
+
+    from pygate.demo.tls import https_config
+
+    tls = https_config(Path(config), port)
+    https_port = tls.https.rpartition(":")[2]
+    print(f"demo HTTPS on https://localhost:{https_port} (HTTP/2 and HTTP/1.1), "
+          f"http://{tls.http} redirecting to it; configuration {tls.config}", flush=True)
+    print(f"  curl --cacert {tls.ca} https://localhost:{https_port}/api/users/1", flush=True)
+    print(f"  curl --http2 --cacert {tls.ca} -s -o /dev/null -w '%{{http_version}}\\n' "
+          f"https://localhost:{https_port}/api/users", flush=True)
+    return str(tls.config)
 
 
 PARENT_POLL = 0.5
@@ -150,8 +174,15 @@ def main(argv: list[str] | None = None) -> int:
         print(demo_token())
         return 0
     ports = {name: getattr(args, f"{name}_port") for name in SERVICES}
+    gateway = args.gateway
+    if args.https is not None:
+        try:
+            gateway = https_mode(args.gateway, args.https)
+        except (OSError, ValueError) as exc:
+            print(f"pygate.demo: HTTPS mode: {exc}", file=sys.stderr)
+            return 1
     try:
-        status = asyncio.run(serve(args.host, ports, args.gateway))
+        status = asyncio.run(serve(args.host, ports, gateway))
     except (ServiceError, OSError) as exc:
         print(f"pygate.demo: {exc}", file=sys.stderr)
         if args.gateway is not None:
