@@ -11,6 +11,8 @@ of the chain, which applies that hook's result rule (STYLE.md section 2):
 ``authenticate``              first identity wins
 ``transform_request``         all run, in priority order
 ``aggregate``                 first non-None body, else the core's default
+``transform_response``        all run, in reverse priority order, on a
+                              buffered body within each one's limit
 ``post_response``             all run, in reverse priority order
 ``log``                       all run after the response, never raising
                               (:class:`LogQueue`)
@@ -65,6 +67,27 @@ class Step:
     call: Callable[..., Any]
     is_async: bool
     config: Any
+    limit: int = 0  # transform_response: the largest body the step is called with
+
+
+DEFAULT_RESPONSE_BUFFER = 1024 * 1024
+"""The body limit of a ``transform_response`` implementation whose config has no
+``max_body`` (bytes)."""
+
+
+def response_limit(config: Any) -> int:
+    """The largest body a plugin's ``transform_response`` is called with, from its
+    effective config: its ``max_body`` (an attribute, or a key of a dict config) when
+    that is a non-negative integer, else :data:`DEFAULT_RESPONSE_BUFFER`. Read at load."""
+    value = config.get("max_body") if isinstance(config, dict) else getattr(
+        config, "max_body", None)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return DEFAULT_RESPONSE_BUFFER
+
+
+# Headers that describe the exact bytes of a body: stale once a hook changes it.
+BODY_DIGESTS = ("Content-MD5", "Content-Digest", "Repr-Digest", "Digest")
 
 
 def bind(func: Callable[..., Any], picks: tuple[int, ...] | None) -> Callable[..., Any]:
@@ -115,11 +138,15 @@ class Chain:
     admit: tuple[Step, ...] = ()
     transform_request: tuple[Step, ...] = ()
     aggregate: tuple[Step, ...] = ()
+    transform_response: tuple[Step, ...] = ()  # reverse priority order
     post_response: tuple[Step, ...] = ()  # reverse priority order
     log: tuple[Step, ...] = ()
     # Some log implementation names the ``record`` argument: without one, the access
     # record is not built (the hooks read ``ctx``; ``record`` is None).
     log_record: bool = False
+    # The largest limit of the transform_response steps: proxied bodies up to this
+    # size are buffered for them (0: no step, the body streams).
+    response_buffer: int = 0
 
     @cached_property
     def log_is_sync(self) -> bool:
@@ -198,6 +225,46 @@ class Chain:
             if shaped is not None:
                 return shaped, step.plugin
         return None
+
+    async def run_transform_response(self, request: web.BaseRequest, ctx: Context,
+                                     response: web.Response) -> None:
+        """``transform_response``: all run, in reverse priority order, on a buffered body;
+        a step is skipped while the body (as the steps before left it) is over its limit.
+
+        Afterwards ``Content-Length`` is left to be computed from the body, and when the
+        body changed: a strong ``ETag`` the steps left as it was becomes weak (the
+        representation is no longer the upstream's byte for byte, as nginx does for the
+        bodies its filters change) and digests of the old bytes go.
+        """
+        body = response.body
+        headers = response.headers
+        etag = headers.get("ETag")
+        digests = [(name, headers[name]) for name in BODY_DIGESTS if name in headers]
+        for step in self.transform_response:
+            current = response.body
+            if not isinstance(current, bytes | bytearray):
+                continue
+            if len(current) > step.limit:
+                log.info("response body over the plugin's limit: left untouched",
+                         plugin=step.plugin, hook="transform_response",
+                         request_id=ctx.request_id, size=len(current), limit=step.limit)
+                continue
+            ctx.config = step.config
+            try:
+                result = step.call(request, ctx, response)
+                if step.is_async:
+                    await result
+            except GatewayError:
+                raise
+            except Exception as exc:
+                raise failure(step, "transform_response", ctx, exc) from exc
+        headers.popall("Content-Length", None)  # aiohttp writes the body's own length
+        if response.body is not body:
+            for name, value in digests:
+                if headers.get(name) == value:
+                    headers.popall(name)
+            if etag is not None and headers.get("ETag") == etag and not etag.startswith("W/"):
+                headers["ETag"] = f"W/{etag}"
 
     async def run_post_response(self, request: web.BaseRequest, ctx: Context,
                                 response: web.StreamResponse) -> None:

@@ -80,7 +80,10 @@ class Context:
     object, not part of the plugin API.
     A plugin that needs the response body (a cache) sets ``capture_body`` to a
     byte limit in ``admit``; proxied responses up to that size then reach
-    ``post_response`` whole, as a ``web.Response`` whose ``body`` is bytes.
+    ``post_response`` whole, as a ``web.Response`` whose ``body`` is bytes. On a
+    route with ``transform_response`` hooks the core raises it to their limit
+    before the upstream call. Streaming media types (Server-Sent Events...) are
+    never read whole.
     """
 
     __slots__ = (

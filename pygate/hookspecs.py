@@ -124,6 +124,35 @@ def aggregate(request: web.BaseRequest, ctx: Context, results: dict[str, Any]) -
 
 
 @hookspec
+def transform_response(request: web.BaseRequest, ctx: Context, response: web.Response) -> None:
+    """Runs after the upstream answered, before ``post_response`` and before the head
+    goes out, on the route's own answer (proxied, aggregate and GraphQL responses; not
+    on plugin answers such as cache hits, nor on problem documents).
+
+    Only chains with an implementation pay for it: they get the upstream body buffered,
+    up to the plugin's limit (its config's ``max_body``, in bytes, else 1 MiB), decided
+    at load. A body over the limit, a ``HEAD`` answer, a WebSocket upgrade and a
+    streaming media type (``text/event-stream``...) stream through untouched and the
+    hook is not called.
+
+    :param request: the client's request.
+    :param ctx: the request context; ``ctx.status`` is not set yet.
+    :param response: the buffered response: ``response.body`` is the body as bytes
+        (still in its ``Content-Encoding``, if the upstream used one). Replace
+        ``response.body``, ``response.headers`` entries or the status
+        (``response.set_status``) in place.
+    :return: nothing. Afterwards the core computes ``Content-Length`` from the body;
+        when the body changed and the ``ETag`` did not, a strong ``ETag`` becomes weak
+        and ``Content-MD5``/``Content-Digest``/``Repr-Digest`` are dropped.
+
+    Result rule: every implementation runs, in reverse priority order (the response
+    side, as ``post_response``), each only while the body is within its own limit.
+
+    .. versionadded:: plugin API 1.2
+    """
+
+
+@hookspec
 def post_response(request: web.BaseRequest, ctx: Context, response: web.StreamResponse) -> None:
     """Runs before the response headers go out (also for problem documents).
 
@@ -212,6 +241,7 @@ REQUEST_HOOKS = (
     "admit",
     "transform_request",
     "aggregate",
+    "transform_response",
     "post_response",
     "log",
 )
@@ -222,6 +252,7 @@ HOOK_ARGS: dict[str, tuple[str, ...]] = {
     "admit": ("request", "ctx"),
     "transform_request": ("request", "ctx", "upstream_request"),
     "aggregate": ("request", "ctx", "results"),
+    "transform_response": ("request", "ctx", "response"),
     "post_response": ("request", "ctx", "response"),
     "log": ("ctx", "record"),
     "config_schema": (),

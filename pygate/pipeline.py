@@ -1,8 +1,8 @@
 """The request story, top to bottom (docs/architecture.md has it as a diagram).
 
 sanitize -> route -> pre_route -> authenticate -> admit -> the route kind's
-``serve`` (proxy, aggregate, GraphQL: :mod:`pygate.kinds`) -> post_response
--> send -> log (scheduled).
+``serve`` (proxy, aggregate, GraphQL: :mod:`pygate.kinds`) -> transform_response
+(chains with an implementation only) -> post_response -> send -> log (scheduled).
 
 Every refusal on the way is a :class:`GatewayError` that becomes a problem
 document; the hook phases run through the route's :class:`pygate.chain.Chain`,
@@ -35,7 +35,7 @@ from .kinds import Routed
 from .router import Match
 from .sanitize import check_framing, check_headers, host_of, normalize_path, request_id
 from .tls import client_cert_of
-from .upstream.forward import Streamer
+from .upstream.forward import Streamer, streaming
 
 if TYPE_CHECKING:
     from .admin.stats import Stats
@@ -97,7 +97,11 @@ class Pipeline:
                     response = await chain.run_admit(request, ctx)
                 if response is None:
                     assert plan is not None
-                    response, stream = await plan.handler.serve(request, ctx, chain, routed)
+                    if chain.transform_response:  # the body buffered for them, up to a limit
+                        response, stream = await self.transformed(request, ctx, chain, plan,
+                                                                  routed)
+                    else:
+                        response, stream = await plan.handler.serve(request, ctx, chain, routed)
             except Exception as exc:
                 response, close = self.failure(request, ctx, exc)
             response_headers = response.headers
@@ -187,6 +191,28 @@ class Pipeline:
         ctx.route = RouteInfo(tentative.name, {})
         plan: RoutePlan = tentative.payload
         return plan.chain
+
+    @staticmethod
+    async def transformed(request: web.BaseRequest, ctx: Context, chain: Chain,
+                          plan: RoutePlan, routed: Routed
+                          ) -> tuple[web.StreamResponse, Streamer | None]:
+        """The route's answer through its ``transform_response`` hooks: a proxied body up
+        to ``chain.response_buffer`` bytes is read whole for them (``ctx.capture_body``,
+        which the cache may have raised already); a larger or streaming one, a ``HEAD``
+        answer or a WebSocket upgrade streams through untouched."""
+        if chain.response_buffer > ctx.capture_body:
+            ctx.capture_body = chain.response_buffer
+        response, stream = await plan.handler.serve(request, ctx, chain, routed)
+        if stream is None:
+            if isinstance(response, web.Response):
+                await chain.run_transform_response(request, ctx, response)
+        elif (response.status != 101 and request.method != "HEAD"
+              and not streaming(response.headers)):
+            log.info("response body over the transform_response limit: streamed untouched",
+                     request_id=ctx.request_id, route=ctx.route.name if ctx.route else None,
+                     limit=ctx.capture_body,
+                     plugins=[step.plugin for step in chain.transform_response])
+        return response, stream
 
     def failure(self, request: web.BaseRequest, ctx: Context, exc: Exception
                 ) -> tuple[web.StreamResponse, bool]:

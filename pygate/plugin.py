@@ -14,6 +14,9 @@ What is here:
   and its subclasses, and :func:`problem_response`;
 - the value types of plugin config models: ``Duration``, ``Size``, ``Backend``,
   and the helpers for config error messages: :func:`suggest`, :func:`key_path`;
+- :class:`ValueTemplate` and :class:`MissingValue`: configured values with the
+  request placeholders of aggregate routes (``{NAME}``, ``{query.NAME}``,
+  ``{header.NAME}``, ``{identity.FIELD}``), parsed at load, filled per request;
 - :class:`Gateway`, the running gateway as a plugin sees it, handed to
   ``startup(gateway, config)`` and ``shutdown(gateway)`` and set on every
   request's ``ctx.gateway``; and :class:`PerLoop`, the per-event-loop holder
@@ -50,6 +53,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import aiohttp
 import structlog
 
+from .aggregate.placeholders import MissingValue, ValueTemplate
 from .config.errors import key_path, suggest
 from .config.values import Backend, Duration, Size
 from .context import ClientCert, Context, Identity, RouteInfo, UpstreamRequest
@@ -79,10 +83,11 @@ if TYPE_CHECKING:
 
 _log = structlog.get_logger("pygate")
 
-API_VERSION = "1.1"
+API_VERSION = "1.2"
 """The version of this module's names and of the hooks' arguments (``MAJOR.MINOR``).
 
-1.1 added :class:`ClientCert` (``ctx.client_cert``)."""
+1.1 added :class:`ClientCert` (``ctx.client_cert``); 1.2 the ``transform_response``
+hook, :class:`ValueTemplate` and :class:`MissingValue`."""
 
 C = TypeVar("C", bound="Closable")
 
@@ -281,6 +286,7 @@ __all__ = [
     "GatewayTimeout",
     "Identity",
     "MethodNotAllowed",
+    "MissingValue",
     "NotFound",
     "PayloadTooLarge",
     "PerLoop",
@@ -290,6 +296,7 @@ __all__ = [
     "TooManyRequests",
     "Unauthorized",
     "UpstreamRequest",
+    "ValueTemplate",
     "hookimpl",
     "key_path",
     "problem_response",

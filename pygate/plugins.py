@@ -22,7 +22,7 @@ import pluggy
 from pydantic import BaseModel, ValidationError
 
 from . import hookspecs
-from .chain import Chain, Step, bind
+from .chain import Chain, Step, bind, response_limit
 from .config import Config, ConfigIssue, suggest, validation_issues
 
 ENTRY_POINT_GROUP = "pygate"
@@ -63,8 +63,6 @@ def not_installed(name: str, known: Iterable[str]) -> str:
                f"{distribution_name(name)})"
     return f"plugin {name!r} is not installed (no installed distribution provides it; " \
            "`pygate plugins` lists those that are)"
-
-
 
 
 def installed_entry_points() -> dict[str, metadata.EntryPoint]:
@@ -261,6 +259,10 @@ def route_settings(config: Config, route_plugins: Mapping[str, Any]) -> dict[str
     return settings
 
 
+RESPONSE_SIDE = frozenset({"transform_response", "post_response"})
+"""Hooks that run in reverse priority order."""
+
+
 class ChainBuilder:
     """Validates plugin settings and compiles chains.
 
@@ -350,13 +352,16 @@ class ChainBuilder:
         log_record = False
         for name in ordered:
             for hook, call, is_async, argnames in self._implementations(name):
+                limit = response_limit(configs[name]) if hook == "transform_response" else 0
                 steps[hook].append(Step(plugin=name, call=call, is_async=is_async,
-                                        config=configs[name]))
+                                        config=configs[name], limit=limit))
                 log_record = log_record or (hook == "log" and "record" in argnames)
-        # post_response runs in reverse priority order (Envoy's encoder side)
-        phases = {hook: tuple(reversed(found) if hook == "post_response" else found)
+        # the response side runs in reverse priority order (Envoy's encoder side)
+        phases = {hook: tuple(reversed(found) if hook in RESPONSE_SIDE else found)
                   for hook, found in steps.items()}
-        return Chain(plugins=tuple(ordered), configs=configs, log_record=log_record, **phases)
+        buffer = max((step.limit for step in phases["transform_response"]), default=0)
+        return Chain(plugins=tuple(ordered), configs=configs, log_record=log_record,
+                     response_buffer=buffer, **phases)
 
 
 def config_for_display(value: Any) -> Any:

@@ -94,7 +94,7 @@ PROMISED = [
     "BadRequest", "Unauthorized", "Forbidden", "NotFound", "MethodNotAllowed",
     "PayloadTooLarge", "TooManyRequests", "ServiceUnavailable", "BadGateway", "GatewayTimeout",
     "problem_response", "Duration", "Size", "Backend", "suggest", "key_path", "PerLoop",
-    "Gateway", "API_VERSION", "ClientCert",
+    "Gateway", "API_VERSION", "ClientCert", "ValueTemplate", "MissingValue",
 ]
 
 
@@ -103,7 +103,7 @@ def test_all_lists_the_whole_api() -> None:
     for name in plugin.__all__:
         assert getattr(plugin, name) is not None
     major, minor = plugin.API_VERSION.split(".")
-    assert (int(major), int(minor)) == (1, 1)
+    assert (int(major), int(minor)) == (1, 2)
 
 
 def test_top_level_names_keep_working_and_are_the_same_objects() -> None:

@@ -284,7 +284,7 @@ def test_chain_is_compiled_once_per_route():
 
 def test_hook_names_are_the_documented_ones():
     assert REQUEST_HOOKS == ("pre_route", "authenticate", "admit", "transform_request",
-                             "aggregate", "post_response", "log")
+                             "aggregate", "transform_response", "post_response", "log")
 
 
 def test_misspelled_hook_fails_at_load():

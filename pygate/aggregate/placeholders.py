@@ -8,18 +8,28 @@ segment or a query value, checked for control characters in a header, and
 kept with their JSON type when a body string is one whole placeholder.
 A value that is absent (or null, or an object where text is needed) raises
 :class:`Missing`: the call fails.
+
+:class:`ValueTemplate` is the same for plugins (``pygate.plugin``): a configured
+value filled from the request alone (no call results).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qsl, quote
 
+from ..config.errors import suggest
 from ..context import Identity
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from ..context import Context
 
 CONTROL_CHARS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 SEGMENT_SAFE = "!$&'()*+,;=:@~"  # a placeholder value stays inside one path segment
@@ -270,3 +280,138 @@ def _plain(text: str, placeholder: Placeholder) -> str:
     return text
 
 
+# ---------------------------------------------------------------------------
+# Values that only the request fills (plugins: pygate.plugin.ValueTemplate)
+
+
+_PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+REQUEST_SOURCES: Final = ("query", "header", "identity")
+
+
+def request_placeholder(text: str) -> Placeholder:
+    """``{NAME}`` (a path parameter), ``{query.NAME}``, ``{header.NAME}`` or
+    ``{identity.FIELD}``, resolved at load.
+
+    :raise TemplateSyntaxError: any other placeholder, saying what was expected.
+    """
+    head, dot, rest = text.partition(".")
+    if not dot:
+        if head in REQUEST_SOURCES:
+            raise TemplateSyntaxError(f"expected {{{head}.NAME}}, found {{{text}}}")
+        if not _PARAM_NAME.fullmatch(head):
+            raise TemplateSyntaxError(f"invalid placeholder {{{text}}}: expected a path "
+                                      "parameter name, {query.NAME}, {header.NAME} or "
+                                      "{identity.FIELD}")
+        return Placeholder(text, "param", head)
+    if head not in REQUEST_SOURCES:
+        raise TemplateSyntaxError(
+            f"unknown placeholder {{{text}}}: expected {{query.NAME}}, {{header.NAME}}, "
+            f"{{identity.FIELD}} or a path parameter {{NAME}}"
+            + suggest(head, REQUEST_SOURCES))
+    if not rest or (head == "header" and not _HEADER_NAME.fullmatch(rest)):
+        raise TemplateSyntaxError(f"expected {{{head}.NAME}} with a valid name, found "
+                                  f"{{{text}}}")
+    return Placeholder(text, head, rest)
+
+
+class MissingValue(Missing):
+    """A placeholder of a :class:`ValueTemplate` has no value for this request (an
+    anonymous caller for ``{identity.id}``, a header or query parameter not sent, a route
+    without that path parameter, an object where text is needed).
+
+    ``placeholder`` is the placeholder as written (without braces), ``reason`` why.
+    """
+
+
+class ValueTemplate:
+    """A configured value whose strings may hold request placeholders, compiled once.
+
+    Placeholders as in aggregate calls, except call results: ``{NAME}`` (a path
+    parameter of the matched route), ``{query.NAME}``, ``{header.NAME}``,
+    ``{identity.FIELD}`` (``id``, ``roles``, ``consumer`` or a mapped field); ``{{`` and
+    ``}}`` are literal braces. Strings inside tables and arrays are templates too. A
+    string that is one whole placeholder keeps the value's JSON type
+    (``"{identity.roles}"`` gives the list); a string with more around it gets the value
+    as text (numbers and booleans in JSON form, a list of scalars joined with commas).
+
+    :param value: a JSON value from the configuration (string, number, boolean, table,
+        array or null).
+    :raise ValueError: a malformed template or an unknown placeholder; the message says
+        what was expected (a pydantic validator turns it into a config error with its
+        key path).
+    """
+
+    __slots__ = ("_tree", "dynamic", "source")
+
+    def __init__(self, value: Any) -> None:
+        self.source = value
+        self._tree, self.dynamic = _compile_value(value)
+
+    def __repr__(self) -> str:
+        return f"ValueTemplate({self.source!r})"
+
+    def render(self, request: web.BaseRequest, ctx: Context) -> Any:
+        """The value for this request: a new object each time (tables and arrays, an
+        identity field's too, are fresh copies, free to change).
+
+        :raise MissingValue: a placeholder has no value for this request.
+        """
+        tree = self._tree
+        if not self.dynamic:
+            return copy.deepcopy(tree) if isinstance(tree, dict | list) else tree
+        route = ctx.route
+        scope = Scope(route.params if route is not None else {},
+                      request.raw_path.partition("?")[2], request.headers, ctx.identity)
+        try:
+            return _fresh(tree, scope)
+        except Missing as missing:
+            raise MissingValue(missing.placeholder, missing.reason) from None
+
+
+def _compile_value(value: Any) -> tuple[Any, bool]:
+    """``(tree with Placeholder/Template leaves, whether it has any)``."""
+    if isinstance(value, str):
+        try:
+            pieces = split_template(value)
+            if len(pieces) == 1 and pieces[0][0]:
+                return request_placeholder(pieces[0][1]), True
+            parts: list[Part] = [request_placeholder(piece) if is_placeholder else piece
+                                 for is_placeholder, piece in pieces]
+        except TemplateSyntaxError as exc:
+            raise ValueError(str(exc)) from None
+        template = Template(value, tuple(parts))
+        constant = template.constant
+        return (template, True) if constant is None else (constant, False)
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        dynamic = False
+        for key, item in value.items():
+            out[key], inner = _compile_value(item)
+            dynamic = dynamic or inner
+        return out, dynamic
+    if isinstance(value, list | tuple):
+        items = []
+        dynamic = False
+        for item in value:
+            filled, inner = _compile_value(item)
+            items.append(filled)
+            dynamic = dynamic or inner
+        return items, dynamic
+    return value, False
+
+
+def _fresh(node: Any, scope: Scope) -> Any:
+    """:func:`_fill`, with copies of the containers a placeholder gives."""
+    if isinstance(node, Placeholder):
+        value = node.value(scope)
+        if value is _ABSENT:
+            raise Missing(node.text)
+        return copy.deepcopy(value) if isinstance(value, dict | list) else value
+    if isinstance(node, Template):
+        return node.render(scope, _plain)
+    if isinstance(node, dict):
+        return {key: _fresh(value, scope) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_fresh(value, scope) for value in node]
+    return node

@@ -314,7 +314,8 @@ async def exchange(
     length = response.content_length
     prefix: list[bytes] = []
     capture = ctx.capture_body
-    if capture and request.method != "HEAD" and (length is None or length <= capture):
+    if (capture and request.method != "HEAD" and (length is None or length <= capture)
+            and not streaming(headers)):
         whole, prefix = await _read_up_to(response, capture)
         if whole is not None:
             response.release()
@@ -324,6 +325,18 @@ async def exchange(
                                 headers=headers, body=whole), None
     out = web.StreamResponse(status=response.status, reason=response.reason, headers=headers)
     return out, ProxiedBody(request, ctx, response, prefix)
+
+
+STREAMING_TYPES = frozenset({"text/event-stream", "application/x-ndjson",
+                             "multipart/x-mixed-replace"})
+"""Media types whose bodies are streams by nature: never read whole for a plugin
+(``ctx.capture_body``), so events reach the client as the upstream sends them."""
+
+
+def streaming(headers: CIMultiDict[str]) -> bool:
+    """Whether the response's Content-Type is one of :data:`STREAMING_TYPES`."""
+    kind = headers.get("Content-Type")
+    return kind is not None and kind.partition(";")[0].strip().lower() in STREAMING_TYPES
 
 
 class ProxiedBody:
