@@ -76,7 +76,7 @@ OBSERVE_TIMER = """\
 import timeit
 from pygate_prometheus.metrics import process_metrics
 metrics = process_metrics()
-args = ("bench", "GET", 200, 0.001234, "bench", "http://127.0.0.1:8000")
+args = ("bench", "GET", 200, 0.001234, "bench", "http://127.0.0.1:8000", 0.001)
 metrics.observe(*args)
 runs = timeit.repeat(lambda: metrics.observe(*args), number=100_000, repeat=5)
 print(min(runs) / 100_000 * 1e6)

@@ -107,6 +107,7 @@ class Context:
         "status",
         "target",
         "upstream",
+        "upstream_time",
     )
 
     def __init__(
@@ -131,6 +132,9 @@ class Context:
         self.status = 0
         self.upstream: str | None = None
         self.target: str | None = None
+        # Seconds waiting on the upstream: from the first attempt to the response head
+        # (retries included), or to the last failure; 0.0 without an upstream call.
+        self.upstream_time = 0.0
         self.bytes_in = 0
         self.bytes_out = 0
         self.error: str | None = None

@@ -139,7 +139,8 @@ async def send(
     yet is tried: the same one would fail the same way. A 502/503/504 left when
     the attempts run out is returned as it is. Every outcome feeds the target's
     breaker; the target counts the request in ``active`` until the returned
-    response is released or closed.
+    response is released or closed. ``ctx.upstream_time`` is set to the seconds from
+    the first attempt to the returned response's head (or the last failure).
 
     :param deadline: loop time by which the response headers must have arrived (504).
     :param data: what to send as the body (bytes, an async iterator) or ``None``.
@@ -159,6 +160,8 @@ async def send(
     tried: list[Target] = []
     path = upstream_request.target
     tls_failed = False
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     while True:
         ctx.target = target.label
         pool = target.pool
@@ -195,12 +198,13 @@ async def send(
             status = response.status
             if status not in FAILED_STATUSES:
                 upstream.succeeded(target, ctx)
+                ctx.upstream_time = loop.time() - started
                 return response
             reason = f"status {status}"
             upstream.failed(target, ctx, reason)
             retryable = True
         tried.append(target)
-        if retryable and len(tried) <= retries and asyncio.get_running_loop().time() < deadline:
+        if retryable and len(tried) <= retries and loop.time() < deadline:
             following = _retry_target(upstream, ctx, headers, tried, again=not tls_failed)
             if following is not None:
                 log.info("upstream retry", request_id=ctx.request_id, upstream=upstream.name,
@@ -210,6 +214,7 @@ async def send(
                 ctx.state[TRIED] = [*(t.label for t in tried), following.label]
                 target = following
                 continue
+        ctx.upstream_time = loop.time() - started
         if response is not None:
             return response
         assert error is not None

@@ -72,7 +72,7 @@ def log(ctx: Context) -> None:
     if metrics is not None:
         route = ctx.route
         metrics.observe(route.name if route is not None else None, ctx.method, ctx.status,
-                        ctx.end - ctx.start, ctx.upstream, ctx.target)
+                        ctx.end - ctx.start, ctx.upstream, ctx.target, ctx.upstream_time)
 
 
 def render(gateway: Gateway | None) -> tuple[bytes, str]:

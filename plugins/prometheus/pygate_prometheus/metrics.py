@@ -118,9 +118,8 @@ class Metrics:
             ["route"], buckets=REQUEST_BUCKETS, registry=reg)
         self.upstream_duration: Histogram = Histogram(
             "pygate_upstream_duration_seconds",
-            "Duration of the requests proxied to each upstream target: the whole request "
-            "as the client saw it (plugins and streaming included), since the access "
-            "record holds no upstream-only time.",
+            "Time waiting on each upstream target for proxied requests: from sending the "
+            "request to the response head (retries included), or to the failure.",
             ["upstream", "target"], buckets=REQUEST_BUCKETS, registry=reg)
         # Made when the gateway first reports its count (Gateway.in_flight), so that a
         # server that does not count shows no gauge rather than a false 0.
@@ -147,9 +146,10 @@ class Metrics:
     # -- per request (the log hook) ---------------------------------------------------
 
     def observe(self, route: str | None, method: str, status: int, seconds: float,
-                upstream: str | None, target: str | None) -> None:
+                upstream: str | None, target: str | None, upstream_seconds: float) -> None:
         """Count one finished request (running totals only): its route, method, status,
-        duration, and the upstream and target that served it."""
+        duration, and the upstream and target that served it with the time spent
+        waiting on it (``ctx.upstream_time``)."""
         if method not in METHODS:
             method = OTHER_METHOD
         key = (route, method, status)
@@ -161,13 +161,13 @@ class Metrics:
             totals = self._routes[route] = _histogram_totals()
         totals[bucket] += 1
         totals[-1] += seconds
-        if upstream is not None:  # no upstream-only time is measured (see the help)
+        if upstream is not None:
             target_key = (upstream, target)
             totals = self._upstreams.get(target_key)
             if totals is None:
                 totals = self._upstreams[target_key] = _histogram_totals()
-            totals[bucket] += 1
-            totals[-1] += seconds
+            totals[bisect_left(REQUEST_BUCKETS, upstream_seconds)] += 1
+            totals[-1] += upstream_seconds
 
     def _copy_requests(self) -> None:
         """What the running totals gained since the last copy, into prometheus-client."""

@@ -17,6 +17,7 @@ import pygate_cache
 import pygate_prometheus
 import pygate_rate_limit
 import pytest
+from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 from pygate_prometheus.exposition import Exporter
 from pygate_prometheus.metrics import (
@@ -147,6 +148,35 @@ async def test_duration_histograms_per_route_and_per_upstream_target(
     target = {"upstream": "hist-up", "target": upstream.url}
     assert value(samples, "pygate_upstream_duration_seconds_count", **target) == 4
     assert value(samples, "pygate_upstream_duration_seconds_bucket", le="60.0", **target) == 4
+
+
+async def test_upstream_duration_is_the_wait_for_the_head_not_the_streamed_body(
+        pygate_gateway: Start, fake_upstream: Start) -> None:
+    """The head comes at once, the body over 0.4 s: the request took the 0.4 s, the
+    upstream histogram records the wait for the head only."""
+
+    async def slow_body(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        for _ in range(4):
+            await asyncio.sleep(0.1)
+            await response.write(b"x" * 100)
+        await response.write_eof()
+        return response
+
+    upstream = await fake_upstream(slow_body)
+    gateway = await start(pygate_gateway, {
+        "plugins": {"prometheus": {}},
+        "upstreams": {"stream-up": {"targets": [upstream.url]}},
+        "routes": [{"name": "stream", "path": "/", "upstream": "stream-up"}]})
+    status, _, body = await gateway.request("GET", "/x")
+    assert (status, len(body)) == (200, 400)
+    await settle()
+    samples = scrape(facade(gateway))
+    assert value(samples, "pygate_request_duration_seconds_sum", route="stream") >= 0.4
+    target = {"upstream": "stream-up", "target": upstream.url}
+    assert value(samples, "pygate_upstream_duration_seconds_count", **target) == 1
+    assert value(samples, "pygate_upstream_duration_seconds_sum", **target) < 0.2
 
 
 async def test_unusual_methods_share_one_label(pygate_gateway: Start,
@@ -339,7 +369,7 @@ async def test_render_without_a_gateway_leaves_the_live_views_out() -> None:
 def test_running_totals_reach_the_histograms_bucket_by_bucket() -> None:
     metrics = Metrics()
     for ms in (1.0, 1.0, 3.0, 70_000.0):  # 1 ms is the first bound itself: le="0.001"
-        metrics.observe("totals", "GET", 200, ms / 1000, "u", None)
+        metrics.observe("totals", "GET", 200, ms / 1000, "u", None, ms / 2000)
     metrics.sync(None)
     samples = registry_samples(metrics)
     assert value(samples, "pygate_request_duration_seconds_bucket", route="totals",
@@ -356,7 +386,7 @@ def test_running_totals_reach_the_histograms_bucket_by_bucket() -> None:
                  target="") == 4
     assert value(samples, "pygate_requests_total", route="totals", method="GET",
                  status="200") == 4
-    metrics.observe("totals", "GET", 200, 0.002, None, None)
+    metrics.observe("totals", "GET", 200, 0.002, None, None, 0.0)
     metrics.sync(None)  # only what was added since the last copy is added again
     samples = registry_samples(metrics)
     assert value(samples, "pygate_requests_total", route="totals", method="GET",
