@@ -49,6 +49,22 @@ nginx:
 	  elif sudo -n true 2>/dev/null; then sudo apt-get update -qq && sudo apt-get install -y -qq nginx >/dev/null; \
 	  else echo "nginx is missing and cannot be installed (not root, no sudo)"; fi; }
 
+# The GraphQL route's conformance test runs the official GraphQL-over-HTTP audit (the npm
+# package graphql-http) against pygate serve: Debian's nodejs and npm when missing and
+# allowed, then the locked packages into tests/graphql_audit/node_modules (git-ignored).
+GRAPHQL_AUDIT := tests/graphql_audit
+nodejs:
+	@{ command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; } || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null; \
+	  elif sudo -n true 2>/dev/null; then sudo apt-get update -qq && sudo apt-get install -y -qq nodejs npm >/dev/null; \
+	  else echo "node/npm are missing and cannot be installed (not root, no sudo)"; fi; }
+
+$(GRAPHQL_AUDIT)/node_modules/.package-lock.json: $(GRAPHQL_AUDIT)/package.json $(GRAPHQL_AUDIT)/package-lock.json | nodejs
+	@if command -v npm >/dev/null 2>&1; then cd $(GRAPHQL_AUDIT) && npm ci --no-audit --no-fund --loglevel=error; \
+	else echo "npm is missing: the GraphQL audit cannot be installed"; fi
+
+graphql-audit: $(GRAPHQL_AUDIT)/node_modules/.package-lock.json
+
 # The dashboard's browser test drives Debian's Chromium through chromedriver; install both
 # when missing and allowed.
 chromium:
@@ -57,7 +73,7 @@ chromium:
 	  elif sudo -n true 2>/dev/null; then sudo apt-get update -qq && sudo apt-get install -y -qq chromium chromium-driver >/dev/null; \
 	  else echo "chromium/chromium-driver are missing and cannot be installed (not root, no sudo)"; fi; }
 
-test: $(STAMP) redis-server nginx chromium
+test: $(STAMP) redis-server nginx chromium graphql-audit
 	$(BIN)/ruff check .
 	$(BIN)/mypy pygate
 	$(BIN)/pytest -q $(PYTEST_ARGS)

@@ -2,13 +2,15 @@
 
 Starts the nginx upstream (load CPU) and one pygate process (gateway CPU), as
 ``bench_passthrough.py`` does (with ``--plugins``: the jwt, rate-limit and headers
-plugins of ``bench_plugins.py``, every request carrying a valid token), loads pygate
+plugins of ``bench_plugins.py``, every request carrying a valid token; with
+``--graphql``: the GraphQL route of ``bench_graphql.py`` and its query), loads pygate
 with wrk at 50 connections and samples it with py-spy for ``--duration`` seconds.
 It prints the share of samples by the innermost Python frame (self time), grouped
 by component, and the functions that take the most.
 
     .venv/bin/pip install py-spy
-    .venv/bin/python benchmarks/profile_hot_path.py [--plugins] [--duration 10] [--write-readme]
+    .venv/bin/python benchmarks/profile_hot_path.py [--plugins | --graphql] [--duration 10]
+        [--write-readme]
 
 Time spent in C (uvloop's loop and its socket calls, the llhttp parser, the
 kernel's send) is counted in the Python frame that called it: the event loop's
@@ -26,6 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import bench_graphql
 import bench_passthrough
 import bench_plugins
 from common import (
@@ -33,6 +36,7 @@ from common import (
     Cpus,
     Process,
     ensure_tools,
+    nginx_json_upstream,
     nginx_upstream,
     pinned,
     pygate_contender,
@@ -52,6 +56,7 @@ COMPONENTS: list[tuple[str, str]] = [
      "pygate/upstream/client.py"),
     ("pygate's upstream client: request head, response parsing, pool",
      "pygate/upstream/response.py"),
+    ("pygate's GraphQL: documents, execution, resolvers' calls", "pygate/graphql"),
     ("pygate: pipeline, routing, header hygiene, forwarding", "pygate/"),
     ("aiohttp's server: request parsing, response head, writes to the client", "aiohttp/"),
 ]
@@ -102,13 +107,16 @@ def summarize(raw: Path, top: int = 12) -> tuple[int, list[tuple[str, float]],
 
 
 def render(total: int, components: list[tuple[str, float]], functions: list[tuple[str, float]],
-           plugins: bool, seconds: int, rps: str) -> str:
+           plugins: bool, seconds: int, rps: str, graphql: bool = False) -> str:
     rows = ["| where the sampled frame was | share of samples |", "| --- | ---: |"]
     rows += [f"| {name} | {share:.0%} |" for name, share in components]
     rows += ["", "| function (innermost frame) | share of samples |", "| --- | ---: |"]
     rows += [f"| `{name}` | {share:.1%} |" for name, share in functions]
     what = ("a GET with a JWT through jwt, rate-limit (memory) and headers" if plugins
             else "a plain GET, no plugins")
+    if graphql:
+        what = (f"the GraphQL query of bench_graphql.py (`{bench_graphql.QUERY}`, "
+                "three upstream calls, two of them batched)")
     rows += ["", f"{time.strftime('%Y-%m-%d')}; {what}; `wrk -t1 -c{CONNECTIONS}` "
              f"({rps} requests/s while sampled), {total:,} samples over {seconds} s "
              "(`py-spy record -r 250 --nonblocking`), pygate on the gateway CPU; "
@@ -120,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--plugins", action="store_true",
                         help="jwt + rate-limit + headers, as in bench_plugins.py")
+    parser.add_argument("--graphql", action="store_true",
+                        help="the GraphQL route and query of bench_graphql.py")
     parser.add_argument("--duration", type=int, default=10, help="seconds sampled [10]")
     parser.add_argument("--write-readme", action="store_true")
     parser.add_argument("--raw", type=Path, help="also keep py-spy's raw stacks in this file")
@@ -129,10 +139,19 @@ def main(argv: list[str] | None = None) -> int:
         cpus = Cpus.pick()
         with tempfile.TemporaryDirectory(prefix="pygate-profile-") as tmp:
             workdir = Path(tmp)
-            with nginx_upstream(workdir, cpus.load) as upstream:
+            upstreams = (nginx_json_upstream(workdir, cpus.load, bench_graphql.LOCATIONS)
+                         if args.graphql else nginx_upstream(workdir, cpus.load))
+            with upstreams as upstream:
                 target = upstream.rstrip("/")
                 headers: list[str] = []
-                if args.plugins:
+                if args.graphql:
+                    contender = pygate_contender(
+                        workdir, bench_graphql.PYGATE_CONFIG.replace("{upstream}", target)
+                        .replace("{schema}", str(bench_graphql.SCHEMA)), path="/graphql")
+                    script = workdir / "graphql.lua"
+                    script.write_text(bench_graphql.WRK_LUA)
+                    headers = ["-s", str(script)]
+                elif args.plugins:
                     spec = bench_plugins.pygate_spec(workdir, target, "pygate", "")
                     contender = spec.contender if spec else None
                     headers = ["-H", f"Authorization: Bearer {bench_plugins.make_token()}"]
@@ -144,8 +163,9 @@ def main(argv: list[str] | None = None) -> int:
                 process = Process("pygate", pinned(cpus.gateway, contender.command),
                                   workdir / "pygate.log", {})
                 try:
-                    wait_until_answers("pygate", contender.url, contender.expect_status,
-                                       process=process)
+                    wait_until_answers("pygate", contender.url + (bench_graphql.READY
+                                                                  if args.graphql else ""),
+                                       contender.expect_status, process=process)
                     wrk = subprocess.Popen(
                         pinned(cpus.load, [tools["wrk"], "-t1", f"-c{CONNECTIONS}",
                                            f"-d{args.duration + 4}s", *headers,
@@ -165,10 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    text = render(total, components, functions, args.plugins, args.duration, rps)
+    text = render(total, components, functions, args.plugins, args.duration, rps, args.graphql)
     print(text)
     if args.write_readme:
-        replace_readme_section("profile-plugins" if args.plugins else "profile", text)
+        replace_readme_section("profile-graphql" if args.graphql else
+                               "profile-plugins" if args.plugins else "profile", text)
     return 0
 
 

@@ -2,36 +2,32 @@
 
 At load (:func:`compile_graphql`) the route's SDL file is read and built with
 graphql-core, and every ``[routes.graphql.resolvers."Type.field"]`` table is
-checked against the schema and compiled like an aggregate call: its path,
-query and headers are templates whose placeholders are ``{parent.FIELD}``
-(the object the field belongs to), ``{args.NAME}`` (the field's arguments),
-``{identity.FIELD}``, ``{query.NAME}``, ``{header.NAME}`` and the route's path
-parameters. The resolver is attached to the schema's field.
+checked against the schema and compiled like an aggregate call (its path,
+query, headers and body are templates whose placeholders also read
+``{parent.FIELD}`` and ``{args.NAME}``), with its ``batch`` when it has one
+(:mod:`pygate.graphql_calls`).
 
-Per request (:func:`serve`): the query is parsed, validated (and no
-introspection when it is off), held to the route's ``max_depth``,
-``max_aliases`` and ``max_cost`` (:mod:`pygate.graphql_bounds`), and refused
-before any upstream call when it is not valid or exceeds one; then graphql-core
-executes it. Only fields the query selects are resolved; sibling fields and
-list items resolve concurrently; identical upstream calls within one request
-are made once, and at most ``max_calls`` distinct calls are made. A resolver
-whose call fails, or is not made past ``max_calls``, gives ``null`` and an
-entry in ``errors`` with its ``path`` (GraphQL semantics), not an HTTP error.
+Per request (:func:`serve`), in the order the GraphQL-over-HTTP specification
+gives (:mod:`pygate.graphql_http`): the response media type from ``Accept``; the
+parameters; a persisted query's hash looked up or its document stored
+(Automatic Persisted Queries); the document prepared, or found prepared
+(parsed, validated, held to the route's bounds, :mod:`pygate.graphql_documents`);
+the operation chosen and its variables coerced; then the operation executed
+(:mod:`pygate.graphql_exec`), making only the calls its fields need. A request
+refused before execution makes no upstream call.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
+import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from inspect import isawaitable
 from typing import Any
 
 from aiohttp import web
 from graphql import (
     ASTValidationRule,
-    DocumentNode,
     ExecutionResult,
     GraphQLError,
     GraphQLObjectType,
@@ -41,56 +37,65 @@ from graphql import (
     OperationType,
     build_schema,
     execute,
-    get_operation_ast,
-    parse,
     specified_rules,
-    validate,
 )
 from graphql.execution.values import get_variable_values
-from multidict import CIMultiDict
 
-from .aggregate.placeholders import Missing, Placeholder, Scope
-from .aggregate.plan import SOURCES, CallCompiler, CallPlan
-from .aggregate.run import CallFailed, Transform, json_bytes, make_call, render_call
+from .aggregate.placeholders import Placeholder
+from .aggregate.plan import SOURCES, CallCompiler
 from .config import CallConfig, ConfigIssue, GraphQLConfig, key_path, suggest
 from .context import Context
-from .errors import GatewayError, MethodNotAllowed, PayloadTooLarge
-from .graphql_bounds import Bounds, FieldCosts, field_costs, refusal
+from .errors import MethodNotAllowed
+from .graphql_bounds import Bounds, field_costs
+from .graphql_calls import Calls, Resolver, compile_batch
+from .graphql_documents import (
+    BAD_USER_INPUT,
+    OPERATION_RESOLUTION_FAILURE,
+    PLANS,
+    Documents,
+    Persisted,
+    Prepared,
+    error_entry,
+    sha256_hex,
+)
+from .graphql_exec import Failed, Run
+from .graphql_http import (
+    BadGraphQLRequest,
+    Params,
+    json_bytes,
+    negotiate,
+    read_params,
+    request_errors,
+    respond,
+)
+from .graphql_plan import PlanBuilder
 from .router import Route
 from .upstream import Upstream
 
 RESOLVER_SOURCES = ("parent", "args")
 """What a resolver's placeholders read besides the aggregate sources."""
 
-JSON_TYPE = "application/json"
+NOT_STORED = {"Cache-Control": "no-store"}
+"""On answers that change once a document is stored (a persisted query not found)."""
+
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
 
 @dataclass(eq=False)
 class GraphQLPlan:
-    """A GraphQL route's schema (resolvers attached) and its bounds."""
+    """A GraphQL route: its schema, resolvers, bounds, documents and persisted queries."""
 
     route: str
     schema: GraphQLSchema
     bounds: Bounds
     introspection: bool
-    resolvers: dict[str, CallPlan] = field(default_factory=dict)  # "Type.field" -> call
-    rules: tuple[type[ASTValidationRule], ...] = ()  # validation, decided at load
-    costs: FieldCosts = field(default_factory=dict)  # what max_cost counts, per field
-
-    def __post_init__(self) -> None:
-        rules = list(specified_rules)
-        if not self.introspection:
-            rules.append(NoSchemaIntrospectionCustomRule)
-        self.rules = tuple(rules)
-
-    @property
-    def max_depth(self) -> int:
-        return self.bounds.max_depth
+    resolvers: dict[str, Resolver]
+    documents: Documents
+    persisted: Persisted | None  # None: persisted_queries = false
 
     def describe(self) -> list[str]:
         """``Query.me -> users GET /users/{identity.id}`` lines for ``pygate explain``."""
-        return [f"{key} -> {call.upstream.name} {call.method} {call.path.source}"
-                for key, call in self.resolvers.items()]
+        return [resolver.describe() for resolver in self.resolvers.values()]
 
 
 # ---------------------------------------------------------------------------
@@ -144,7 +149,7 @@ def compile_graphql(route: Route, config: GraphQLConfig, schema_path: str,
     bounds = Bounds(max_depth=config.max_depth, max_aliases=config.max_aliases,
                     max_cost=config.max_cost, list_size=config.list_size,
                     max_calls=config.max_calls)
-    plan = GraphQLPlan(route.name, schema, bounds, config.introspection)
+    resolvers: dict[str, Resolver] = {}
     for index, (name, key) in enumerate(keys.items()):
         resolver = config.resolvers[key]
         kwhere = compiler.call_where(name)
@@ -165,22 +170,41 @@ def compile_graphql(route: Route, config: GraphQLConfig, schema_path: str,
                 kwhere, f"type {type_name} has no field {field_name!r}"
                 + suggest(field_name, list(owner.fields))))
             continue
-        call = compiler.call(index, name, CallConfig(**dict(resolver)), upstream_for)
-        if call is not None:
-            plan.resolvers[key] = call
-            owner.fields[field_name].resolve = _resolver(key, call)
+        values = dict(resolver)
+        batch_config = values.pop("batch")
+        call = compiler.call(index, name, CallConfig(**values), upstream_for)
+        if call is None:
+            continue
+        compiled = Resolver(key, call)
+        if batch_config is not None:
+            compiled.batch, issues = compile_batch(call, batch_config,
+                                                   owner.fields[field_name].type, kwhere)
+            compiler.issues.extend(issues)
+        resolvers[key] = compiled
+        owner.fields[field_name].resolve = _resolve(compiled)  # for graphql-core's executor
     if compiler.issues:
         return None, compiler.issues
-    plan.costs = field_costs(schema, plan.resolvers, bounds.list_size)
-    return plan, []
+    rules: list[type[ASTValidationRule]] = list(specified_rules)
+    if not config.introspection:
+        rules.append(NoSchemaIntrospectionCustomRule)
+    costs = field_costs(schema, resolvers, bounds.list_size,
+                        {key: r.batch.max for key, r in resolvers.items() if r.batch is not None})
+    documents = Documents(schema, tuple(rules), costs, bounds)
+    return GraphQLPlan(route.name, schema, bounds, config.introspection, resolvers, documents,
+                       Persisted() if config.persisted_queries else None), []
 
 
-def _resolver(key: str, call: CallPlan) -> Callable[..., Any]:
+def _resolve(resolver: Resolver) -> Callable[..., Any]:
+    """The field's resolver for graphql-core's executor (operations that introspect)."""
+
     async def resolve(parent: Any, info: GraphQLResolveInfo, **args: Any) -> Any:
-        request: GraphQLRequest = info.context
-        return await request.call(key, call, parent, args)
+        calls: Calls = info.context
+        value = await calls.start(resolver, parent, args)
+        if type(value) is Failed:
+            raise GraphQLError(value.message)
+        return value
 
-    resolve.__name__ = f"resolve {key}"
+    resolve.__name__ = f"resolve {resolver.key}"
     return resolve
 
 
@@ -188,151 +212,106 @@ def _resolver(key: str, call: CallPlan) -> Callable[..., Any]:
 # One request
 
 
-class GraphQLRequest:
-    """What resolvers share within one request: where calls go, and the calls made."""
-
-    def __init__(self, request: web.BaseRequest, ctx: Context, params: Mapping[str, str],
-                 raw_query: str, headers: CIMultiDict[str], transform: Transform | None,
-                 fork_ctx: bool, deadline: float, max_body: int) -> None:
-        self.request = request
-        self.ctx = ctx
-        self.params = params
-        self.raw_query = raw_query
-        self.headers = headers
-        self.transform = transform
-        self.fork_ctx = fork_ctx
-        self.deadline = deadline
-        self.max_body = max_body
-        self.calls: dict[tuple[Any, ...], asyncio.Task[Any]] = {}
-        self.max_calls: int | None = None  # distinct calls allowed; serve sets the route's
-
-    async def call(self, key: str, call: CallPlan, parent: Any, args: dict[str, Any]) -> Any:
-        scope = Scope(self.params, self.raw_query, self.request.headers, self.ctx.identity)
-        scope.results = {"parent": parent if parent is not None else {}, "args": args}
-        try:
-            upstream_request = render_call(call, scope, self.headers)
-        except Missing as missing:
-            raise GraphQLError(f"{key} was not resolved: {missing}") from None
-        same = (upstream_request.upstream, upstream_request.method, upstream_request.path,
-                upstream_request.query, tuple(upstream_request.headers.items()))
-        task = self.calls.get(same)
-        if task is None and self.max_calls is not None and len(self.calls) >= self.max_calls:
-            raise GraphQLError(f"call {key!r} was not made: this request has made "
-                               f"{len(self.calls)} upstream calls, the most this route allows "
-                               "(max_calls)")
-        if task is None:  # the first to ask makes the call; the others share its result
-            task = asyncio.get_running_loop().create_task(make_call(
-                call, upstream_request, self.ctx, transform=self.transform,
-                fork_ctx=self.fork_ctx, deadline=self.deadline, max_body=self.max_body,
-                label=key))
-            self.calls[same] = task
-        result = await asyncio.shield(task)
-        if isinstance(result, CallFailed):
-            raise GraphQLError(result.detail)
-        return result
-
-    def cancel(self) -> None:
-        for task in self.calls.values():
-            task.cancel()
-
-
-class BadGraphQLRequest(GatewayError):
-    """A request that is not a GraphQL query pygate can run.
-
-    A 400 problem document that also carries GraphQL's ``errors`` list (with
-    ``locations`` where the parser or validator gave them), so GraphQL clients
-    read it as they read any refused query.
-    """
-
-    status = 400
-
-    def __init__(self, detail: str, errors: list[GraphQLError] | None = None) -> None:
-        formatted = [e.formatted for e in errors] if errors else [{"message": detail}]
-        super().__init__(detail, extra={"errors": formatted})
-
-
-async def read_params(request: web.BaseRequest, max_body: int
-                      ) -> tuple[str, dict[str, Any] | None, str | None]:
-    """``(query, variables, operationName)`` from a GET's query string or a POST body."""
-    if request.method == "GET":
-        get = request.query
-        variables_text = get.get("variables")
-        try:
-            variables = json.loads(variables_text) if variables_text else None
-        except ValueError:
-            raise BadGraphQLRequest("variables is not JSON") from None
-        return _checked(get.get("query"), variables, get.get("operationName"))
-    if request.method != "POST":
-        raise MethodNotAllowed("GraphQL takes GET or POST", headers={"Allow": "GET, POST"})
-    body = bytearray()
-    async for chunk in request.content.iter_any():
-        body += chunk
-        if len(body) > max_body:
-            raise PayloadTooLarge("request body exceeds the gateway's max_body")
-    kind = request.content_type
-    if kind == "application/graphql":
-        return _checked(body.decode("utf-8", "replace"), None, None)
-    if kind != JSON_TYPE:
-        raise GatewayError(f"expected Content-Type {JSON_TYPE} or application/graphql",
-                           status=415)
+async def serve(plan: GraphQLPlan, request: web.BaseRequest, ctx: Context, max_body: int,
+                calls_for: Callable[[], Calls]) -> web.Response:
+    """Answer one GraphQL request (``calls_for`` makes the request's :class:`Calls`)."""
+    media = negotiate(request.headers.get("Accept"))
+    params = await read_params(request, max_body)
+    text = params.query
+    digest: str | None = None
+    if params.extensions is not None and "persistedQuery" in params.extensions:
+        found = persisted_query(plan, params, media)
+        if isinstance(found, web.Response):
+            return found
+        text, digest = found
+    assert text is not None
+    prepared = plan.documents.get(text)
+    if prepared.errors is not None:
+        return request_errors(prepared.errors, media)
+    if digest is not None and plan.persisted is not None:
+        plan.persisted.put(digest, text)  # parsed and valid: worth keeping
+    operation = prepared.operation(params.operation_name)
+    if isinstance(operation, str):
+        return request_errors([error_entry(operation, OPERATION_RESOLUTION_FAILURE)], media)
+    kind = operation.kind
+    if kind is OperationType.MUTATION and request.method == "GET":
+        raise MethodNotAllowed("a mutation must be sent with POST", headers={"Allow": "POST"},
+                               extra={"errors": [{"message": "a mutation must be sent with "
+                                                             "POST"}]})
+    if kind is OperationType.SUBSCRIPTION:
+        return request_errors([error_entry("subscriptions are not supported over HTTP",
+                                           OPERATION_RESOLUTION_FAILURE)], media)
+    variables: Any = None
+    definitions = operation.node.variable_definitions
+    if definitions:
+        variables = get_variable_values(plan.schema, definitions, params.variables or {})
+        if isinstance(variables, list):
+            return request_errors([error_entry(e, BAD_USER_INPUT) for e in variables], media)
+    calls = calls_for()
     try:
-        data = json.loads(body)
-    except ValueError:
-        raise BadGraphQLRequest("the body is not JSON") from None
-    if not isinstance(data, dict):
-        raise BadGraphQLRequest("expected a JSON object with query, variables, operationName")
-    return _checked(data.get("query"), data.get("variables"), data.get("operationName"))
-
-
-def _checked(query: Any, variables: Any, operation: Any
-             ) -> tuple[str, dict[str, Any] | None, str | None]:
-    if not isinstance(query, str) or not query.strip():
-        raise BadGraphQLRequest("no query: expected a GraphQL document in query")
-    if variables is not None and not isinstance(variables, dict):
-        raise BadGraphQLRequest("variables must be a JSON object")
-    if operation is not None and not isinstance(operation, str):
-        raise BadGraphQLRequest("operationName must be a string")
-    return query, variables, operation
-
-
-def prepare(plan: GraphQLPlan, query: str, variables: dict[str, Any] | None,
-            operation_name: str | None, method: str
-            ) -> tuple[DocumentNode, dict[str, Any]]:
-    """Parse, validate and check bounds; raise :class:`BadGraphQLRequest` before any call."""
-    try:
-        document = parse(query)
-    except GraphQLError as exc:
-        raise BadGraphQLRequest(f"syntax error: {exc.message}", [exc]) from None
-    errors = validate(plan.schema, document, plan.rules)
-    if errors:
-        raise BadGraphQLRequest(f"invalid query: {errors[0].message}", errors)
-    refused = refusal(document, plan.schema, plan.costs, plan.bounds)  # after validation:
-    if refused is not None:  # no fragment cycles, every field known
-        raise BadGraphQLRequest(refused)
-    operation = get_operation_ast(document, operation_name)
-    if operation is None:
-        raise BadGraphQLRequest(f"no operation named {operation_name!r}" if operation_name
-                                else "several operations: operationName is required")
-    if operation.operation is OperationType.MUTATION and method == "GET":
-        raise MethodNotAllowed("a mutation must be sent with POST", headers={"Allow": "POST"})
-    coerced = get_variable_values(plan.schema, operation.variable_definitions or (),
-                                  variables or {})
-    if isinstance(coerced, list):
-        raise BadGraphQLRequest(f"invalid variables: {coerced[0].message}", coerced)
-    return document, variables or {}
-
-
-async def serve(plan: GraphQLPlan, request: web.BaseRequest, ctx: Context,
-                state: GraphQLRequest) -> web.Response:
-    """Answer one GraphQL request: ``{"data": ..., "errors": [...]}`` with status 200."""
-    query, variables, operation_name = await read_params(request, state.max_body)
-    document, variables = prepare(plan, query, variables, operation_name, request.method)
-    state.max_calls = plan.bounds.max_calls
-    try:
-        outcome = execute(plan.schema, document, context_value=state,
-                          variable_values=variables, operation_name=operation_name)
-        result: ExecutionResult = await outcome if isawaitable(outcome) else outcome
+        if operation.introspection:
+            result = await _introspecting(plan, prepared, params, calls)
+        else:
+            coerced = getattr(variables, "coerced", variables) or {}
+            condition = tuple(coerced.get(name) for name in operation.conditions)
+            builder = PlanBuilder(plan.schema, plan.resolvers, prepared.fragments, variables)
+            root = operation.plans.get(condition)
+            if root is None:
+                try:
+                    root = builder.operation(operation.node)
+                except GraphQLError as error:  # an @include(if:) without a usable value
+                    return respond(json_bytes({"data": None, "errors": [error.formatted]}),
+                                   media)
+                if len(operation.plans) < PLANS:
+                    operation.plans[condition] = root
+            result = await Run(calls, variables, builder).execute(
+                root, serial=kind is OperationType.MUTATION)
     finally:
-        state.cancel()  # nothing is still needed once the result is complete
-        ctx.target = None
-    return web.Response(body=json_bytes(result.formatted), content_type=JSON_TYPE)
+        calls.cancel()  # nothing is still needed once the result is complete
+        ctx.target = None  # calls went to several targets; none is "the" target
+    return respond(json_bytes(result), media)
+
+
+def persisted_query(plan: GraphQLPlan, params: Params, media: str
+                    ) -> tuple[str, str | None] | web.Response:
+    """The document of a request naming a persisted query's hash, and the hash to store it
+    under (None: nothing to store); or the answer when there is no document."""
+    assert params.extensions is not None
+    extension = params.extensions["persistedQuery"]
+    text = params.query
+    if plan.persisted is None:  # persisted_queries = false
+        if text is not None:
+            return text, None  # the document is there: the hash is not needed
+        return request_errors([error_entry("PersistedQueryNotSupported",
+                                           "PERSISTED_QUERY_NOT_SUPPORTED")], media, NOT_STORED)
+    if not isinstance(extension, dict):
+        raise BadGraphQLRequest("extensions.persistedQuery must be an object with version "
+                                "and sha256Hash")
+    if extension.get("version") != 1:
+        raise BadGraphQLRequest("extensions.persistedQuery.version: only version 1 (sha256) "
+                                "is supported")
+    digest = extension.get("sha256Hash")
+    if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+        raise BadGraphQLRequest("extensions.persistedQuery.sha256Hash must be a sha256 digest "
+                                "(64 hexadecimal digits)")
+    if text is None:
+        stored = plan.persisted.get(digest)
+        if stored is None:
+            return request_errors([error_entry("PersistedQueryNotFound",
+                                               "PERSISTED_QUERY_NOT_FOUND")], media, NOT_STORED)
+        return stored, None
+    if sha256_hex(text) != digest.lower():
+        raise BadGraphQLRequest("the query's sha256 does not match "
+                                "extensions.persistedQuery.sha256Hash; nothing was stored")
+    return text, digest
+
+
+async def _introspecting(plan: GraphQLPlan, prepared: Prepared, params: Params,
+                         calls: Calls) -> dict[str, Any]:
+    """An operation that reads ``__schema`` or ``__type``, through graphql-core's executor."""
+    assert prepared.document is not None
+    calls.settle = True  # its resolvers start in tasks, nested a level per list
+    outcome = execute(plan.schema, prepared.document, context_value=calls,
+                      variable_values=params.variables, operation_name=params.operation_name)
+    result: ExecutionResult = await outcome if isawaitable(outcome) else outcome
+    return result.formatted  # type: ignore[return-value]

@@ -8,7 +8,9 @@ amplification: one query can otherwise ask for hundreds of upstream calls.
 - ``max_cost`` with ``list_size``: the estimated upstream calls. A field with
   a resolver counts 1, times ``list_size`` for each list above it; a field
   whose type is a list (``[Order]``; ``[[Order]]`` is two lists) multiplies
-  everything below it. Introspection fields cost nothing.
+  everything below it. A batched field counts one call per ``max`` of the
+  parents so counted (its parents arrive together, and one call serves
+  ``max`` of them). Introspection fields cost nothing.
 - ``max_calls``: the calls one request may make, counted as they are made
   (:class:`pygate.graphql.GraphQLRequest`), not here.
 
@@ -21,7 +23,7 @@ exceeds. :func:`field_costs` builds, at load, what the walk reads of each field.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from graphql import (
     DocumentNode,
@@ -64,20 +66,24 @@ class FieldCost:
     calls: int  # 1 when a resolver makes an upstream call for it, else 0
     scale: int  # list_size ** (list levels of its type): the multiplier of what is below it
     type_name: str  # the named type its own selections are fields of
+    batch: int = 0  # a batched resolver's max parents per call (0: one call per parent)
 
 
 FieldCosts = Mapping[str, Mapping[str, FieldCost]]  # type name -> field name -> cost
 NOTHING = FieldCost(0, 1, "")  # introspection fields, __typename, a type not in the table
 
 
-def field_costs(schema: GraphQLSchema, resolved: Iterable[str], list_size: int
-                ) -> dict[str, dict[str, FieldCost]]:
-    """Each object and interface field's cost; ``resolved`` are the ``"Type.field"`` keys.
+def field_costs(schema: GraphQLSchema, resolved: Iterable[str], list_size: int,
+                batched: Mapping[str, int] | None = None) -> dict[str, dict[str, FieldCost]]:
+    """Each object and interface field's cost; ``resolved`` are the ``"Type.field"`` keys,
+    ``batched`` the batched ones with their ``max``.
 
     An interface field costs a call when any type that implements it has a
-    resolver for it (whichever type the value turns out to be, it is one call).
+    resolver for it (whichever type the value turns out to be, it is one call);
+    it is batched when every such resolver is (with the smallest ``max``).
     """
     keys = set(resolved)
+    batches = dict(batched or {})
     table: dict[str, dict[str, FieldCost]] = {}
     for type_ in schema.type_map.values():
         if type_.name.startswith("__"):
@@ -92,9 +98,17 @@ def field_costs(schema: GraphQLSchema, resolved: Iterable[str], list_size: int
             name: FieldCost(
                 calls=int(any(f"{owner}.{name}" in keys for owner in owners)),
                 scale=list_size ** _lists(definition.type),
-                type_name=get_named_type(definition.type).name)
+                type_name=get_named_type(definition.type).name,
+                batch=_batch([f"{owner}.{name}" for owner in owners], keys, batches))
             for name, definition in type_.fields.items()}
     return table
+
+
+def _batch(candidates: list[str], keys: set[str], batches: Mapping[str, int]) -> int:
+    resolved = [key for key in candidates if key in keys]
+    if not resolved or any(key not in batches for key in resolved):
+        return 0
+    return min(batches[key] for key in resolved)
 
 
 def _lists(type_: GraphQLOutputType) -> int:
@@ -108,11 +122,26 @@ def _lists(type_: GraphQLOutputType) -> int:
 
 @dataclass(slots=True)
 class Measure:
-    """Of one selection set, fragments expanded: its depth, aliases and estimated calls."""
+    """Of one selection set, fragments expanded: its depth, aliases and estimated calls.
+
+    ``calls`` counts one call per parent; ``batched`` holds, per batch size, the
+    parents of batched fields (``max`` -> parents), turned into calls at the root.
+    """
 
     depth: int = 0
     aliases: int = 0
-    cost: int = 0
+    calls: int = 0
+    batched: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def cost(self) -> int:
+        """The estimated calls: each batched field's parents in calls of ``max``."""
+        return self.calls + sum(-(-parents // size) for size, parents in self.batched.items())
+
+    def add(self, other: Measure, scale: int = 1) -> None:
+        self.calls += other.calls * scale
+        for size, parents in other.batched.items():
+            self.batched[size] = self.batched.get(size, 0) + parents * scale
 
 
 class _Walk:
@@ -137,8 +166,12 @@ class _Walk:
                 below = self.selections(selection.selection_set, cost.type_name)
                 # __schema/__type count one level: their nesting is the schema's, not the data's
                 depth = 1 if name.startswith("__") else 1 + below.depth
-                aliases = below.aliases + (selection.alias is not None)
-                calls = cost.calls + below.cost * cost.scale
+                total.aliases += below.aliases + (selection.alias is not None)
+                if cost.batch:
+                    total.batched[cost.batch] = total.batched.get(cost.batch, 0) + cost.calls
+                else:
+                    total.calls += cost.calls
+                total.add(below, cost.scale)
             else:
                 if isinstance(selection, InlineFragmentNode):
                     condition = selection.type_condition
@@ -148,10 +181,10 @@ class _Walk:
                     below = self.fragment(selection.name.value)
                 else:
                     continue
-                depth, aliases, calls = below.depth, below.aliases, below.cost
+                depth = below.depth
+                total.aliases += below.aliases
+                total.add(below)
             total.depth = max(total.depth, depth)
-            total.aliases += aliases
-            total.cost += calls
         return total
 
     def fragment(self, name: str) -> Measure:

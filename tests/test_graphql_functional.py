@@ -149,9 +149,15 @@ def schema_dir(tmp_path: Path) -> str:
     return str(tmp_path)
 
 
+GRAPHQL_RESPONSE = "application/graphql-response+json"
+
+
 async def gql(gw: Any, query: str, *, variables: dict[str, Any] | None = None,
-              caller: str | None = "7", method: str = "POST") -> tuple[int, Any]:
+              caller: str | None = "7", method: str = "POST",
+              accept: str | None = None) -> tuple[int, Any]:
     headers = {"X-Caller": caller} if caller else {}
+    if accept:
+        headers["Accept"] = accept
     if method == "GET":
         params = {"query": query}
         if variables:
@@ -243,42 +249,93 @@ async def test_too_deep_a_query_is_refused_before_any_call(
     assert (await gql(gw, "{ me { orders { id } } }"))[0] == 200  # depth 3
     ups["users"].seen.clear()
     ups["shop"].seen.clear()
-    status, body = await gql(gw, "{ me { orders { product { name } } } }")  # depth 4
-    assert status == 400
-    assert body["status"] == 400 and "4 levels" in body["detail"]
-    assert body["errors"][0]["message"] == body["detail"]
+    status, body = await gql(gw, "{ me { orders { product { name } } } }",  # depth 4
+                             accept=GRAPHQL_RESPONSE)
+    assert status == 400 and "data" not in body
+    assert body["errors"] == [{"message": "the query is 4 levels deep; this route allows 3",
+                               "extensions": {"code": "GRAPHQL_VALIDATION_FAILED"}}]
     # Fragments count where they are spread.
     status, _ = await gql(gw, "fragment P on Order { product { name } } "
-                              "{ me { orders { ...P } } }")
+                              "{ me { orders { ...P } } }", accept=GRAPHQL_RESPONSE)
     assert status == 400
+    # A client that takes only application/json gets the same errors with 200.
+    status, body = await gql(gw, "{ me { orders { product { name } } } }",
+                             accept="application/json")
+    assert status == 200 and "data" not in body and "4 levels" in body["errors"][0]["message"]
     assert ups["users"].seen == [] and ups["shop"].seen == []
     # A client's standard introspection query is not held to the data's depth limit.
     status, body = await gql(gw, get_introspection_query())
     assert status == 200 and body["data"]["__schema"]["queryType"]["name"] == "Query"
 
 
-async def test_malformed_and_invalid_queries_are_400_problems_with_graphql_errors(
+async def test_documents_that_fail_are_graphql_errors_before_any_call(
         pygate_gateway: Any, upstream: UpstreamFactory, schema_dir: str) -> None:
+    """A document that does not parse or validate, an unknown operation, variables that do
+    not fit: GraphQL's ``errors`` without ``data``, 400 for a GraphQL-over-HTTP client
+    (it takes application/graphql-response+json), 200 for one taking only application/json."""
     ups = await services(upstream)
     gw = await pygate_gateway(config(ups, introspection=False), plugins={"caller": Caller()},
                               base_dir=schema_dir)
-    status, body = await gql(gw, "{ me { name ")
-    assert status == 400 and body["title"] == "Bad Request"
+    cases: list[tuple[str, dict[str, Any] | None, str, str]] = [
+        ("{ me { name ", None, "GRAPHQL_PARSE_FAILED", "Syntax Error"),
+        ("{ me { nickname } }", None, "GRAPHQL_VALIDATION_FAILED", "nickname"),
+        ("{ __schema { types { name } } }", None, "GRAPHQL_VALIDATION_FAILED",
+         "introspection"),
+        ("query Q($id: ID!) { user(id: $id) { name } }", {"id": None}, "BAD_USER_INPUT",
+         "$id"),
+        ("query A { me { name } } query B { me { id } }", None,
+         "OPERATION_RESOLUTION_FAILURE", "operationName is required"),
+    ]
+    for query, variables, code, phrase in cases:
+        for accept, expected in ((GRAPHQL_RESPONSE, 400), ("application/json", 200)):
+            status, body = await gql(gw, query, variables=variables, accept=accept)
+            assert status == expected, (query, accept, body)
+            assert set(body) == {"errors"}, body
+            assert body["errors"][0]["extensions"]["code"] == code
+            assert phrase.lower() in body["errors"][0]["message"].lower(), body
+    status, body = await gql(gw, "{ me { name ", accept=GRAPHQL_RESPONSE)
     assert body["errors"][0]["locations"] == [{"line": 1, "column": 13}]
-    status, body = await gql(gw, "{ me { nickname } }")
-    assert status == 400 and "nickname" in body["errors"][0]["message"]
-    status, body = await gql(gw, "{ __schema { types { name } } }")
-    assert status == 400 and "introspection" in body["detail"].lower()
-    status, body = await gql(gw, "query Q($id: ID!) { user(id: $id) { name } }",
-                             variables={"id": None})
-    assert status == 400 and "variables" in body["detail"]
-    async with gw.session.post(gw.url + "/graphql", data=b"not json", headers={
-            "X-Caller": "7", "Content-Type": "application/json"}) as response:
-        assert response.status == 400
-        assert problem(await response.read())["status"] == 400
-    async with gw.session.put(gw.url + "/graphql", headers={"X-Caller": "7"}) as response:
+    assert ups["users"].seen == [] and ups["shop"].seen == []
+
+
+async def test_requests_that_are_not_graphql_are_problem_documents(
+        pygate_gateway: Any, upstream: UpstreamFactory, schema_dir: str) -> None:
+    """Not a well-formed GraphQL-over-HTTP request: a problem document with the status the
+    specification gives, carrying ``errors`` for GraphQL clients; no upstream call."""
+    ups = await services(upstream)
+    gw = await pygate_gateway(config(ups), plugins={"caller": Caller()}, base_dir=schema_dir)
+    url = gw.url + "/graphql"
+    caller = {"X-Caller": "7"}
+
+    async def post(data: bytes | str, content_type: str | None, **headers: str
+                   ) -> tuple[int, Any]:
+        sent = {**caller, **headers}
+        if content_type is not None:
+            sent["Content-Type"] = content_type
+        async with gw.session.post(url, data=data, headers=sent) as response:
+            assert response.content_type == "application/problem+json"
+            body = problem(await response.read())
+            assert body["errors"][0]["message"] == body["detail"] or response.status == 406
+            return response.status, body
+
+    assert (await post(b"not json", "application/json"))[0] == 400
+    assert (await post(b"", "application/json"))[0] == 400
+    assert (await post(b'["query"]', "application/json"))[0] == 400
+    for bad in ({"query": 7}, {"query": "{ me { id } }", "variables": [1]},
+                {"query": "{ me { id } }", "operationName": False},
+                {"query": "{ me { id } }", "extensions": "x"}, {"qeury": "{ me { id } }"}):
+        assert (await post(json.dumps(bad), "application/json"))[0] == 400, bad
+    assert (await post(b'{"query": "{ me { id } }"}', "text/plain"))[0] == 415
+    assert (await post(b'{"query": "{ me { id } }"}', "application/json; charset=latin-1")
+            )[0] == 415
+    status, _ = await post(b'{"query": "{ me { id } }"}', "application/json", Accept="text/html")
+    assert status == 406
+    async with gw.session.put(url, headers=caller) as response:
         assert response.status == 405
         assert response.headers["Allow"] == "GET, POST"
+    async with gw.session.get(url, params={"query": "{ me { id } }", "variables": "{"},
+                              headers=caller) as response:
+        assert response.status == 400
     assert ups["users"].seen == [] and ups["shop"].seen == []
 
 
@@ -358,7 +415,7 @@ query = { userId = "{parent.id}" }
     tail = done.output.split("plugin chain, in order:\n  (none)\n", 1)[1]
     assert tail.splitlines() == [
         "graphql: schema schema.graphql, max_depth 5, max_aliases 15, max_cost 1000 "
-        "(list_size 10), max_calls 200, introspection off",
+        "(list_size 10), max_calls 200, introspection off, persisted queries on",
         "resolvers (a field's call is made only when a query selects it):",
         "  Query.me -> users GET /users/{identity.id}",
         "  User.orders -> http://127.0.0.1:3002 GET /orders",
@@ -391,6 +448,35 @@ async def test_the_demo_configuration_answers_the_readme_queries(
     assert body["errors"][0]["path"] == ["order"]
     status, body = await get('{ order(id: "100") { customer { orders { customer { orders '
                              '{ customer { name } } } } } } }')
-    assert status == 400 and "7 levels" in body["detail"]
+    assert status == 200 and "data" not in body and "7 levels" in body["errors"][0]["message"]
     status, body = await gql(gw, '{ user(id: "2") { name } }', caller=None, method="GET")
     assert status == 401  # orders are reachable from /graphql, so the route needs the token
+
+
+async def test_a_call_whose_body_never_ends_fails_its_field_at_the_gateway_timeout(
+        pygate_gateway: Any, upstream: UpstreamFactory, raw_upstream: Any,
+        schema_dir: str) -> None:
+    """The upstream sends its head and part of the body, then nothing: that field is null
+    with an error once ``gateway.timeout`` has passed; the others are answered."""
+    ups = await services(upstream)
+
+    async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100\r\n\r\n{\"id\": ")
+        await writer.drain()
+        await reader.read()  # until the gateway gives up and closes
+
+    stalled = await raw_upstream(stall)
+    cfg = config(ups)
+    cfg["gateway"] = {"timeout": "500ms"}
+    cfg["upstreams"]["stalled"] = {"targets": [stalled.url]}
+    cfg["routes"][0]["graphql"]["resolvers"]["Query.user"] = {"upstream": "stalled",
+                                                              "path": "/users/{args.id}"}
+    gw = await pygate_gateway(cfg, plugins={"caller": Caller()}, base_dir=schema_dir)
+    status, body = await gql(gw, '{ user(id: "7") { name } product(id: "p1") { name } }')
+    assert status == 200
+    assert body["data"] == {"user": None, "product": {"name": "Widget"}}
+    [error] = body["errors"]
+    assert error["path"] == ["user"]
+    assert error["message"] == "call 'Query.user' did not finish within the gateway's timeout"

@@ -149,6 +149,20 @@ class UpstreamConfig(Model):
         raise ValueError(f'expected "ip", "consumer" or "header:NAME", found {value!r}')
 
 
+class BatchConfig(Model):
+    """``batch = { key = "userId", max = 100 }``: one call for the parents of a GraphQL field."""
+
+    key: str = Field(min_length=1)  # the items' field matched against each parent's value
+    max: int = Field(default=100, ge=1)  # parents' values in one call
+
+    @field_validator("max", mode="before")
+    @classmethod
+    def _not_bool(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # pydantic would read true as 1
+            raise ValueError(f"expected a whole number >= 1, found {value!r}")
+        return value
+
+
 class ResolverConfig(Model):
     """An upstream call behind a GraphQL field; the base of an aggregate route's call."""
 
@@ -158,16 +172,25 @@ class ResolverConfig(Model):
     query: dict[str, str] = Field(default_factory=dict)
     headers: dict[str, str] = Field(default_factory=dict)
     timeout: Duration | None = None
+    body: Any = None  # a JSON body: a placeholder, or a table (or list) of them
+    batch: BatchConfig | None = None  # GraphQL resolvers only
 
 
 class CallConfig(ResolverConfig):
-    """One call of an aggregate route: a resolver's keys plus a body and how to shape it."""
+    """One call of an aggregate route: a resolver's keys plus how to shape its result."""
 
-    body: Any = None
     fields: list[str] | None = None
     rename: dict[str, str] = Field(default_factory=dict)
     merge: bool = False
     optional: bool = False
+
+    @field_validator("batch")
+    @classmethod
+    def _no_batch(cls, value: BatchConfig | None) -> None:
+        if value is not None:
+            raise ValueError("batch is for GraphQL resolvers: an aggregate call is made once "
+                             "per request")
+        return None
 
 
 class AggregateConfig(Model):
@@ -183,6 +206,7 @@ class GraphQLConfig(Model):
     list_size: int = Field(default=10, ge=1)  # the items max_cost counts for each list
     max_calls: int = Field(default=200, ge=1)  # upstream calls one request may make
     introspection: bool = True
+    persisted_queries: bool = True  # Automatic Persisted Queries (extensions.persistedQuery)
     resolvers: dict[str, ResolverConfig] = Field(default_factory=dict)
 
     @field_validator("max_depth", "max_aliases", "max_cost", "list_size", "max_calls",

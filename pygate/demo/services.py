@@ -109,10 +109,13 @@ PRODUCTS: tuple[JSON, ...] = (
 
 _DATA: dict[str, tuple[JSON, ...]] = {"users": USERS, "orders": ORDERS, "products": PRODUCTS}
 
-# The query parameter each list endpoint filters on, and the record field it matches.
-_FILTERS: dict[str, tuple[str, str]] = {
-    "orders": ("userId", "userId"),
-    "products": ("orderId", "orderId"),
+# The query parameters each list endpoint filters on, and the record field each matches.
+# A value may name several records, comma-separated (``?userId=1,2``), as a gateway
+# batching GraphQL fields sends them.
+_FILTERS: dict[str, tuple[tuple[str, str], ...]] = {
+    "users": (("id", "id"),),
+    "orders": (("userId", "userId"), ("id", "id")),
+    "products": (("orderId", "orderId"), ("id", "id")),
 }
 
 
@@ -227,10 +230,10 @@ async def slow(request: web.Request) -> web.Response:
 async def list_records(request: web.Request) -> web.Response:
     name = request.app[SERVICE_NAME]
     records = list(request.app[RECORDS].values())
-    query_name, field = _FILTERS.get(name, ("", ""))
-    if query_name and query_name in request.query:
-        wanted = request.query[query_name]
-        records = [r for r in records if r.get(field) == wanted]
+    for query_name, field in _FILTERS.get(name, ()):
+        if query_name in request.query:
+            wanted = set(request.query[query_name].split(","))
+            records = [r for r in records if r.get(field) in wanted]
     return web.json_response(records)
 
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from ..aggregate import call_headers
+from ..aggregate.placeholders import Scope
 from ..context import Context
 from . import Build, Routed
 from .aggregate import call_transform
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from ..chain import Chain
     from ..config import ConfigIssue
     from ..graphql import GraphQLPlan
+    from ..graphql_calls import Calls
     from ..router import Route
     from ..upstream.forward import Streamer
 
@@ -29,30 +31,40 @@ if TYPE_CHECKING:
 class GraphQL:
     """The handler of one GraphQL route."""
 
-    __slots__ = ("plan", "schema_file")
+    __slots__ = ("calls", "plan", "schema_file", "serve_graphql")
 
     def __init__(self, plan: GraphQLPlan, schema_file: str) -> None:
+        from .. import graphql  # imported by the configuration already
+        from ..graphql_calls import Calls
+
         self.plan = plan
         self.schema_file = schema_file
+        self.serve_graphql = graphql.serve
+        self.calls = Calls
 
     async def serve(self, request: web.BaseRequest, ctx: Context, chain: Chain,
                     routed: Routed) -> tuple[web.StreamResponse, Streamer | None]:
-        from .. import graphql  # imported by the configuration already
-
         gw: Gateway = ctx.app  # the request's own gateway, even after a reload
-        assert ctx.route is not None
-        state = graphql.GraphQLRequest(
-            request, ctx, ctx.route.params, routed.query,
-            call_headers(request, ctx, routed.forwarded_for, routed.trusted),
-            call_transform(chain, request), chain.transform_is_async,
-            asyncio.get_running_loop().time() + gw.timeout, gw.max_body)
-        return await graphql.serve(self.plan, request, ctx, state), None
+        route = ctx.route
+        assert route is not None
+        plan = self.plan
+        deadline = asyncio.get_running_loop().time() + gw.timeout
+
+        def calls() -> Calls:  # once the operation is known to run
+            return self.calls(ctx, Scope(route.params, routed.query, request.headers,
+                                         ctx.identity),
+                              call_headers(request, ctx, routed.forwarded_for, routed.trusted),
+                              call_transform(chain, request), chain.transform_is_async,
+                              deadline, gw.max_body, plan.bounds.max_calls)
+
+        return await self.serve_graphql(plan, request, ctx, gw.max_body, calls), None
 
     def explain(self, route: Route, method: str, params: Mapping[str, str], routed: Routed,
                 headers: Mapping[str, str]) -> list[str]:
         plan = self.plan
         lines = [f"graphql: schema {self.schema_file}, {plan.bounds.describe()}, "
-                 f"introspection {'on' if plan.introspection else 'off'}",
+                 f"introspection {'on' if plan.introspection else 'off'}, persisted queries "
+                 f"{'on' if plan.persisted is not None else 'off'}",
                  "resolvers (a field's call is made only when a query selects it):"]
         lines.extend(f"  {line}" for line in
                      plan.describe() or ["(none: every field is read from its parent)"])
