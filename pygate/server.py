@@ -32,8 +32,8 @@ from .listener import AcceptSite, bind
 from .logs import configure_logging, log_format, set_log_format, set_process_fields
 from .pipeline import InFlight, Pipeline
 from .protocol import GatewayServer, make_server
+from .redirect import open_redirect
 from .reload import Loader, Reloader, digest_of
-from .tls import open_redirect
 
 if TYPE_CHECKING:
     from .admin.control import Cluster
@@ -58,7 +58,7 @@ class Running:
                  http2: Http2Server | None = None) -> None:
         self.gateway = gateway
         self.runner = runner
-        self.redirect = redirect  # gateway.redirect_http's listener (pygate.tls)
+        self.redirect = redirect  # gateway.redirect_http's listener (pygate.redirect)
         self.http2 = http2  # the listener's HTTP/2 connections (pygate.http2)
         self.host = host
         self.port = port

@@ -19,7 +19,8 @@ import trustme
 
 from pygate.app import Gateway, build_gateway
 from pygate.config import ConfigError, load
-from pygate.tls import client_cert, client_cert_of, redirect_host, redirect_target
+from pygate.redirect import redirect_host, redirect_target
+from pygate.tls import client_cert, client_cert_of
 from pygate.watch import named_files
 
 # ---------------------------------------------------------------------------
