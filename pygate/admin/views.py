@@ -61,12 +61,14 @@ def plugin_table(gateway: Gateway) -> dict[str, Any]:
 
 
 def upstream_table(gateway: Gateway) -> list[dict[str, Any]]:
-    """Each upstream and its targets' state in this process."""
+    """Each upstream and its targets' state in this process; for an upstream that routes
+    mirror to, ``mirror``: its copies' counts (:meth:`pygate.mirror.Copies.describe`)."""
     return [
         {"name": name, "balancer": up.config.balancer,
          "health_checks": up.config.health is not None,
          "breaker_enabled": up.config.breaker is not None,
-         "targets": up.describe()}
+         "targets": up.describe(),
+         **({"mirror": up.mirrored.describe()} if up.mirrored is not None else {})}
         for name, up in gateway.upstreams.items()
     ]
 
@@ -77,12 +79,18 @@ _SEVERITY = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
 def merge_upstreams(answers: list[tuple[int, list[dict[str, Any]]]]) -> list[dict[str, Any]]:
     """Every worker's upstream tables as one: per target, ``active`` added up,
     ``healthy`` only if every worker finds it healthy, ``breaker`` the worst state
-    (open, half-open, closed), and ``workers``: each worker's own view."""
+    (open, half-open, closed), and ``workers``: each worker's own view; the ``mirror``
+    counts added up."""
     merged: dict[str, dict[str, Any]] = {}
     for worker, table in answers:
         for upstream in table:
             into = merged.setdefault(upstream["name"], {
-                **{k: v for k, v in upstream.items() if k != "targets"}, "targets": {}})
+                **{k: v for k, v in upstream.items() if k not in ("targets", "mirror")},
+                "targets": {}})
+            if "mirror" in upstream:
+                counts = into.setdefault("mirror", {})
+                for key, count in upstream["mirror"].items():
+                    counts[key] = counts.get(key, 0) + count
             for target in upstream["targets"]:
                 row = into["targets"].setdefault(target["target"], {
                     "target": target["target"], "weight": target["weight"], "healthy": True,

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from .errors import ConfigIssue, suggest, validation_issues
 from .models import Config, TargetConfig
+from .traffic import traffic_issues, traffic_refs
 from .values import split_listen
 
 
@@ -116,6 +117,9 @@ def check_routes(config: Config, indices: Iterable[int],
         for _, kind, spec in present:
             for ref, below in kind.upstream_refs(spec):
                 check_upstream_ref(ref, f"{where}.{below}")
+        for ref, below in traffic_refs(route):  # [routes.canary], [routes.mirror]
+            check_upstream_ref(ref, f"{where}.{below}")
+        issues.extend(traffic_issues(route, where))
         for host in route.hosts or []:
             # no port: hosts are matched against the Host header without its port
             if not re.fullmatch(r"(\*\.)?[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?", host):

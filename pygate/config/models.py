@@ -14,6 +14,7 @@ from pydantic import (
 )
 
 from .errors import suggest
+from .traffic import CanaryConfig, MirrorConfig
 from .values import Duration, Listen, Model, Size
 
 
@@ -235,6 +236,9 @@ class RouteConfig(Model):
     preserve_host: bool = False
     rewrite: str | None = None
     plugins: dict[str, Any] = Field(default_factory=dict)
+    # PRODUCT.md section 11, proxy routes only (pygate.config.traffic)
+    canary: CanaryConfig | None = None
+    mirror: MirrorConfig | None = None
 
     @field_validator("path", "rewrite")
     @classmethod

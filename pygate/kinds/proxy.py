@@ -119,6 +119,11 @@ class ProxyKind:
 
     def compile(self, route: Route, spec: Any, build: Build
                 ) -> tuple[Proxy | None, list[ConfigIssue]]:
+        config = route.config
+        if config.canary is not None or config.mirror is not None:
+            from .traffic import compile_traffic  # decided here: other routes pay nothing
+
+            return compile_traffic(route, build)
         return Proxy(route, build.upstream_for(spec)), []
 
 

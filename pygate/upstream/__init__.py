@@ -24,7 +24,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from yarl import URL
@@ -36,6 +36,9 @@ from .balancer import Balancer, make_balancer
 from .client import Pool
 from .health import CLOSED, Breaker, HealthChecker
 from .tls import ClientTls, TlsSettingError, client_tls, has_https_target
+
+if TYPE_CHECKING:
+    from ..mirror import Copies
 
 log = structlog.get_logger("pygate")
 
@@ -116,6 +119,9 @@ class Upstream:
         # The upstreams (of successive gateways) sharing these targets, pools and checks.
         self._sharing: list[Upstream] = [self]
         self._adopted = False
+        # Copies of requests mirrored here ([routes.mirror], pygate.mirror): set by the
+        # first route that mirrors to this upstream; a reload keeps them with the pools.
+        self.mirrored: Copies | None = None
 
     def adopt(self, running: Upstream) -> bool:
         """Take over ``running``'s targets, pools and health checks if its configuration
@@ -134,6 +140,8 @@ class Upstream:
         self.balancer = running.balancer
         self._single = running._single
         self.checker = running.checker
+        if running.mirrored is not None:
+            self.mirrored = running.mirrored
         self.all_up = running.all_up
         self._sharing = running._sharing
         self._sharing.append(self)
@@ -175,6 +183,8 @@ class Upstream:
             sharing.remove(self)
         if sharing:
             return  # a newer gateway's upstream keeps using the pools
+        if self.mirrored is not None:  # mirror copies in flight: a short grace, then cut
+            await self.mirrored.settle()
         if self.checker is not None:
             await self.checker.stop()
         for target in self.targets:

@@ -292,6 +292,7 @@ async def exchange(
     ctx: Context,
     upstream: Upstream,
     upstream_request: UpstreamRequest,
+    body: BodyLimit | None = None,
     *,
     max_body: int,
     deadline: float,
@@ -300,11 +301,15 @@ async def exchange(
 
     The streamer is ``None`` when the body was read whole already (a plugin asked
     for it through ``ctx.capture_body``): the response is then a ``web.Response``.
+
+    :param body: what streams the client's body, when one is given (a mirror's
+        :class:`pygate.mirror.TeeBody`; only for a body that streams from the client,
+        ``upstream_request.body`` being None); else a :class:`BodyLimit` made here.
     """
-    body: BodyLimit | None = None
     data: object = upstream_request.body
     if data is None and request.body_exists:
-        body = BodyLimit(request.content, max_body, ctx)
+        if body is None:
+            body = BodyLimit(request.content, max_body, ctx)
         data = body.chunks()
     try:
         with ClientWatch(request):
