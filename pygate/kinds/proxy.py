@@ -42,27 +42,32 @@ class Proxy:
     async def serve(self, request: web.BaseRequest, ctx: Context, chain: Chain,
                     routed: Routed) -> tuple[web.StreamResponse, Streamer | None]:
         gw: Gateway = ctx.app  # the request's own gateway, even after a reload
-        length = request.content_length
-        if length is not None and length > gw.max_body:
-            raise PayloadTooLarge("request body exceeds the gateway's max_body")
-        upstream = self.upstream
-        ctx.upstream = upstream.name
-        assert ctx.route is not None
-        upstream_request = UpstreamRequest(
-            method=request.method,
-            path=self.route.upstream_path(routed.path, routed.encoded, ctx.route.params),
-            query=routed.query,
-            headers=outgoing_headers(request, ctx, routed, preserve_host=self.preserve_host),
-            upstream=upstream.name,
-        )
+        upstream_request = self.prepare(request, ctx, routed, self.upstream, gw)
         if chain.transform_request:
             await chain.run_transform_request(request, ctx, upstream_request)
         deadline = asyncio.get_running_loop().time() + gw.timeout
         headers = request.headers
         if "Upgrade" in headers or "Expect" in headers:
             return await self._special(request, ctx, upstream_request, gw, deadline)
-        return await exchange(request, ctx, upstream, upstream_request, max_body=gw.max_body,
+        return await exchange(request, ctx, self.upstream, upstream_request, max_body=gw.max_body,
                               deadline=deadline)
+
+    def prepare(self, request: web.BaseRequest, ctx: Context, routed: Routed,
+                upstream: Upstream, gw: Gateway) -> UpstreamRequest:
+        """The request for ``upstream``, for the chain's ``transform_request`` hooks (a
+        body over ``max_body`` by its length refused first)."""
+        length = request.content_length
+        if length is not None and length > gw.max_body:
+            raise PayloadTooLarge("request body exceeds the gateway's max_body")
+        ctx.upstream = upstream.name
+        assert ctx.route is not None
+        return UpstreamRequest(
+            method=request.method,
+            path=self.route.upstream_path(routed.path, routed.encoded, ctx.route.params),
+            query=routed.query,
+            headers=outgoing_headers(request, ctx, routed, preserve_host=self.preserve_host),
+            upstream=upstream.name,
+        )
 
     async def _special(self, request: web.BaseRequest, ctx: Context,
                        upstream_request: UpstreamRequest, gw: Gateway, deadline: float

@@ -20,12 +20,11 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from ..canary import Canary
-from ..context import Context, UpstreamRequest
-from ..errors import PayloadTooLarge
+from ..context import Context
 from ..mirror import Copies, Mirror, TeeBody
 from ..upstream.forward import Streamer, exchange
 from . import Build, Routed
-from .proxy import Proxy, outgoing_headers
+from .proxy import Proxy
 
 if TYPE_CHECKING:
     from ..app import Gateway
@@ -49,21 +48,10 @@ class TrafficProxy(Proxy):
     async def serve(self, request: web.BaseRequest, ctx: Context, chain: Chain,
                     routed: Routed) -> tuple[web.StreamResponse, Streamer | None]:
         gw: Gateway = ctx.app  # the request's own gateway, even after a reload
-        length = request.content_length
-        if length is not None and length > gw.max_body:
-            raise PayloadTooLarge("request body exceeds the gateway's max_body")
         headers = request.headers
         canary = self.canary
         upstream = self.upstream if canary is None else canary.choose(headers, ctx)
-        ctx.upstream = upstream.name
-        assert ctx.route is not None
-        upstream_request = UpstreamRequest(
-            method=request.method,
-            path=self.route.upstream_path(routed.path, routed.encoded, ctx.route.params),
-            query=routed.query,
-            headers=outgoing_headers(request, ctx, routed, preserve_host=self.preserve_host),
-            upstream=upstream.name,
-        )
+        upstream_request = self.prepare(request, ctx, routed, upstream, gw)
         if chain.transform_request:
             await chain.run_transform_request(request, ctx, upstream_request)
         deadline = asyncio.get_running_loop().time() + gw.timeout
