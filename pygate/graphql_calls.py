@@ -45,7 +45,7 @@ from .aggregate.placeholders import (
     encode_segment,
 )
 from .aggregate.plan import CallPlan
-from .aggregate.run import CallFailed, Transform, make_call
+from .aggregate.run import CallFailed, Transform, json_kind, make_call
 from .config import ConfigIssue
 from .config.models import BatchConfig
 from .context import Context, UpstreamRequest
@@ -357,7 +357,7 @@ class Batcher:
         if not isinstance(result, list):
             self.settle(chunk, Failed(
                 f"call {self.resolver.key!r} failed: {self.resolver.call.upstream.label} "
-                f"answered {_json_kind(result)}, not the JSON array a batched call needs"))
+                f"answered {json_kind(result)}, not the JSON array a batched call needs"))
             return
         matched: dict[str, list[Any]] = {}
         key = self.batch.key
@@ -398,11 +398,3 @@ def _text(value: Any) -> str | None:
     return None
 
 
-def _json_kind(value: Any) -> str:
-    if isinstance(value, dict):
-        return "an object"
-    if isinstance(value, str):
-        return "a string"
-    if value is None:
-        return "null"
-    return "a boolean" if isinstance(value, bool) else "a number"

@@ -328,11 +328,14 @@ async def make_call(call: CallPlan, upstream_request: UpstreamRequest, request_c
             return CallFailed(502, f"call {name!r} failed: {upstream} did not answer JSON")
     if call.merge and not isinstance(value, dict):
         return CallFailed(502, f"call {name!r} failed: merge needs a JSON object, "
-                          f"{upstream} answered {_json_kind(value)}")
+                          f"{upstream} answered {json_kind(value)}")
     return value
 
 
-def _json_kind(value: Any) -> str:
+def json_kind(value: Any) -> str:
+    """What kind of JSON value ``value`` is, for error messages: ``"an object"``..."""
+    if isinstance(value, dict):
+        return "an object"
     if isinstance(value, list):
         return "an array"
     if isinstance(value, str):
