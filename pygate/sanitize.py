@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+import os
 import re
 import uuid
 from collections.abc import Mapping, Sequence
@@ -162,6 +163,19 @@ def drop_underscored(headers: CIMultiDict[str]) -> None:
 
 _ID_PREFIX = uuid.uuid4().hex[:16]
 _ID_COUNTER = itertools.count(1)
+
+
+def _new_id_prefix() -> None:
+    """A process of its own, a prefix of its own: the workers of ``--workers N`` are forked
+    from the supervisor after this module was imported, and would otherwise all number
+    their requests from the same prefix and counter."""
+    global _ID_PREFIX, _ID_COUNTER
+    _ID_PREFIX = uuid.uuid4().hex[:16]
+    _ID_COUNTER = itertools.count(1)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_id_prefix)
 
 
 def new_request_id() -> str:

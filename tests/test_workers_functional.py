@@ -228,6 +228,28 @@ async def test_workers_flag_wins_and_every_worker_serves_the_shared_port(
     assert "Traceback" not in gw.stderr()
 
 
+async def test_every_worker_makes_its_own_request_ids(
+        serve: ServeFactory, upstream: UpstreamFactory) -> None:
+    """Workers are forked after the request-ID prefix was first made: each makes its own,
+    so no two requests of the gateway share an ID."""
+    up = await upstream()
+    gw = await serve(config(up.url), "--workers", "2")
+    workers = await workers_ready(gw, 2)
+    connections = await one_per_worker(gw.port, workers)
+    ids: list[str] = []
+    for conn in connections.values():
+        for _ in range(3):
+            conn.writer.write(b"GET /api/x HTTP/1.1\r\nHost: gw\r\n\r\n")
+            head = await asyncio.wait_for(conn.reader.readuntil(b"\r\n\r\n"), 10.0)
+            response = parse_responses(head)[0]
+            await conn.reader.readexactly(int(response.headers["Content-Length"]))
+            ids.append(response.headers["X-Request-ID"])
+        conn.close()
+    assert len(set(ids)) == len(ids), ids
+    assert len({request_id[:16] for request_id in ids}) == 2  # a prefix per worker
+    assert {seen.headers["X-Request-ID"] for seen in up.seen} == set(ids)
+
+
 async def test_a_killed_worker_is_replaced_at_once_then_with_backoff(
         gateway_process: GatewayFactory, upstream: UpstreamFactory) -> None:
     up = await upstream()
