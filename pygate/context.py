@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from multidict import CIMultiDict
 
 if TYPE_CHECKING:
+    from .errors import GatewayError
     from .plugin import Gateway
 
 
@@ -84,6 +85,9 @@ class Context:
     route with ``transform_response`` hooks the core raises it to their limit
     before the upstream call. Streaming media types (Server-Sent Events...) are
     never read whole.
+    ``trace_id`` is the request's trace ID (32 lowercase hex digits) when a tracing
+    plugin (``opentelemetry``) continued or started a trace for it, else ``None``;
+    the access record carries it.
     """
 
     __slots__ = (
@@ -106,6 +110,7 @@ class Context:
         "state",
         "status",
         "target",
+        "trace_id",
         "upstream",
         "upstream_time",
     )
@@ -147,6 +152,8 @@ class Context:
         self.capture_body = 0
         # The verified TLS client certificate, when the listener asked for one (section 10).
         self.client_cert: ClientCert | None = None
+        # Set by a tracing plugin in pre_route: the trace this request belongs to.
+        self.trace_id: str | None = None
 
 
 class UpstreamRequest:
@@ -156,9 +163,20 @@ class UpstreamRequest:
     raw query string (without ``?``). ``body`` is ``None`` to stream the client's
     body through, or bytes to send instead. ``shaped_by`` is set by the core: the
     last plugin whose ``transform_request`` ran on it (named when its head is refused).
+
+    The call's outcome, filled in by the core when the call is made (for a plugin
+    that reports on calls after them, in ``log``: the ``opentelemetry`` plugin's
+    client spans): ``started``, the ``time.monotonic()`` of its first attempt (0.0
+    while not made); ``elapsed``, the seconds from then to the response head, or to
+    the last failure, retries included; ``status``, the status of the answer that
+    came back (0 without one); ``sent_to``, the target of the last attempt
+    (``http://127.0.0.1:3001``); ``error``, the :class:`pygate.plugin.GatewayError`
+    (502, 503, 504) the call failed with, or ``None``. A call that was cut off
+    (cancelled, or never sent) has neither a status nor an error.
     """
 
-    __slots__ = ("body", "headers", "method", "path", "query", "shaped_by", "upstream")
+    __slots__ = ("body", "elapsed", "error", "headers", "method", "path", "query",
+                 "sent_to", "shaped_by", "started", "status", "upstream")
 
     def __init__(
         self,
@@ -177,6 +195,12 @@ class UpstreamRequest:
         self.upstream = upstream
         self.body = body
         self.shaped_by: str | None = None
+        # The outcome, set by pygate.upstream.forward.send.
+        self.started = 0.0
+        self.elapsed = 0.0
+        self.status = 0
+        self.sent_to: str | None = None
+        self.error: GatewayError | None = None
 
     @property
     def target(self) -> str:

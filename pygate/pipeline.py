@@ -353,4 +353,5 @@ def access_record(ctx: Context, query: str, cache: str | None) -> dict[str, Any]
         "error": ctx.error,
         "query": query,
         "cache": cache,
+        "trace_id": ctx.trace_id,  # set by a tracing plugin (opentelemetry), else None
     }

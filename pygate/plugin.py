@@ -83,11 +83,13 @@ if TYPE_CHECKING:
 
 _log = structlog.get_logger("pygate")
 
-API_VERSION = "1.2"
+API_VERSION = "1.3"
 """The version of this module's names and of the hooks' arguments (``MAJOR.MINOR``).
 
 1.1 added :class:`ClientCert` (``ctx.client_cert``); 1.2 the ``transform_response``
-hook, :class:`ValueTemplate` and :class:`MissingValue`."""
+hook, :class:`ValueTemplate` and :class:`MissingValue`; 1.3 ``ctx.trace_id`` (and the
+access record's ``trace_id``) and a call's outcome on :class:`UpstreamRequest`
+(``started``, ``elapsed``, ``status``, ``sent_to``, ``error``)."""
 
 C = TypeVar("C", bound="Closable")
 

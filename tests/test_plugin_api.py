@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import time
 import types
 import warnings
 from pathlib import Path
@@ -16,7 +17,7 @@ from pydantic import BaseModel, ConfigDict
 import pygate
 from pygate import plugin
 from pygate.plugin import Context, Gateway, hookimpl
-from pygate.testing import start_gateway
+from pygate.testing import free_port, start_gateway
 
 PLUGINS_DIR = Path(__file__).resolve().parent.parent / "plugins"
 NOT_SOURCE = {"build", "dist", "__pycache__"}
@@ -103,7 +104,7 @@ def test_all_lists_the_whole_api() -> None:
     for name in plugin.__all__:
         assert getattr(plugin, name) is not None
     major, minor = plugin.API_VERSION.split(".")
-    assert (int(major), int(minor)) == (1, 2)
+    assert (int(major), int(minor)) == (1, 3)
 
 
 def test_top_level_names_keep_working_and_are_the_same_objects() -> None:
@@ -303,6 +304,60 @@ async def test_log_hooks_of_requests_refused_by_the_parser_get_the_gateway(fake_
         assert seen.of("log") == [gateway.running.gateway.facade]
     finally:
         await gateway.close()
+
+
+def outcomes(calls: list[Any], records: list[Any]) -> types.ModuleType:
+    """1.3: keeps each call's UpstreamRequest and, in ``log``, the request's record."""
+    module = types.ModuleType("outcomes")
+
+    @hookimpl
+    def pre_route(ctx: Context) -> None:
+        ctx.trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+    @hookimpl
+    def transform_request(upstream_request: Any) -> None:
+        calls.append(upstream_request)
+
+    @hookimpl
+    def log(record: dict[str, Any]) -> None:
+        records.append(record)
+
+    for hook in (pre_route, transform_request, log):
+        setattr(module, hook.__name__, hook)
+    return module
+
+
+async def test_a_call_s_outcome_and_the_trace_id_reach_the_log_hooks(fake_upstream) -> None:
+    """What API 1.3 added: the core fills in each call's outcome on its UpstreamRequest,
+    and ``ctx.trace_id`` goes into the access record."""
+    async def teapot(request: aiohttp.web.Request) -> aiohttp.web.Response:
+        return aiohttp.web.Response(status=418)
+
+    upstream = await fake_upstream(handler=teapot)
+    dead = f"http://127.0.0.1:{free_port()}"
+    calls: list[Any] = []
+    records: list[Any] = []
+    gateway = await start_gateway(
+        {"plugins": {"outcomes": {}},
+         "routes": [route(upstream.url, name="up", path="/up"),
+                    route(dead, name="down", path="/down")]},
+        {"outcomes": outcomes(calls, records)})
+    try:
+        before = time.monotonic()
+        assert (await gateway.request("GET", "/up"))[0] == 418
+        assert (await gateway.request("GET", "/down"))[0] == 502
+        for _ in range(100):
+            if len(records) == 2:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        await gateway.close()
+    answered, refused = calls
+    assert (answered.status, answered.sent_to, answered.error) == (418, upstream.url, None)
+    assert before <= answered.started <= time.monotonic() and 0 < answered.elapsed < 5
+    assert (refused.status, refused.sent_to) == (0, dead)
+    assert isinstance(refused.error, plugin.BadGateway) and refused.error.status == 502
+    assert [r["trace_id"] for r in records] == ["4bf92f3577b34da6a3ce929d0e0e4736"] * 2
 
 
 # ---------------------------------------------------------------------------

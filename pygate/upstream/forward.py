@@ -12,6 +12,7 @@ about the upstream's address reaches the client.
 from __future__ import annotations
 
 import asyncio
+import time
 import weakref
 from collections.abc import AsyncIterator
 from typing import Protocol
@@ -140,7 +141,9 @@ async def send(
     the attempts run out is returned as it is. Every outcome feeds the target's
     breaker; the target counts the request in ``active`` until the returned
     response is released or closed. ``ctx.upstream_time`` is set to the seconds from
-    the first attempt to the returned response's head (or the last failure).
+    the first attempt to the returned response's head (or the last failure), and
+    ``upstream_request`` gets the call's outcome (``started``, ``elapsed``, ``status``,
+    ``sent_to``, ``error``: :class:`pygate.context.UpstreamRequest`).
 
     :param deadline: loop time by which the response headers must have arrived (504).
     :param data: what to send as the body (bytes, an async iterator) or ``None``.
@@ -156,7 +159,12 @@ async def send(
     method = upstream_request.method
     retries = upstream.retries if (
         method in IDEMPOTENT and body is None and _replayable(data)) else 0
-    target = upstream.pick(ctx, headers=headers)
+    upstream_request.started = time.monotonic()
+    try:
+        target = upstream.pick(ctx, headers=headers)
+    except ServiceUnavailable as exc:
+        upstream_request.error = exc
+        raise
     tried: list[Target] = []
     path = upstream_request.target
     tls_failed = False
@@ -199,6 +207,9 @@ async def send(
             if status not in FAILED_STATUSES:
                 upstream.succeeded(target, ctx)
                 ctx.upstream_time = loop.time() - started
+                upstream_request.elapsed = time.monotonic() - upstream_request.started
+                upstream_request.status = status
+                upstream_request.sent_to = target.label
                 return response
             reason = f"status {status}"
             upstream.failed(target, ctx, reason)
@@ -215,9 +226,13 @@ async def send(
                 target = following
                 continue
         ctx.upstream_time = loop.time() - started
+        upstream_request.elapsed = time.monotonic() - upstream_request.started
+        upstream_request.sent_to = target.label
         if response is not None:
+            upstream_request.status = response.status
             return response
         assert error is not None
+        upstream_request.error = error
         raise error
 
 

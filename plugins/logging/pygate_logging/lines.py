@@ -39,8 +39,8 @@ FIELDS = (
     "cache",
     "error",
 )
-"""Every line's keys, in this order (``headers`` follows when configured; keys the core
-adds to its record later follow after these)."""
+"""Every line's keys, in this order (``trace_id`` follows when the request has one,
+``headers`` when configured; keys the core adds to its record later follow after these)."""
 
 ALWAYS_REDACTED = frozenset({"authorization", "proxy-authorization", "cookie"})
 """Request headers whose value is never written, even when listed in ``headers``."""
@@ -146,10 +146,14 @@ def access_fields(record: Mapping[str, Any], *, target: str | None, cache: str |
         "cache": cache if recorded_cache is None else recorded_cache,
         "error": get("error"),
     }
+    trace_id = get("trace_id")
+    if trace_id is not None:  # a tracing plugin (opentelemetry) is on for the request
+        fields["trace_id"] = trace_id
     if headers is not None:
         fields["headers"] = headers
     for key in record:
-        if key not in fields and key != "query":  # the query is in "path", redacted
+        # the query is in "path", redacted; a trace_id of None is left out
+        if key not in fields and key not in ("query", "trace_id"):
             fields[key] = record[key]
     return fields
 

@@ -89,6 +89,16 @@ def test_access_fields_order_and_extra_record_keys():
     assert fields["cache"] == "HIT"
 
 
+def test_trace_id_follows_error_when_the_request_has_one():
+    traced = access_fields(record(trace_id="4bf92f3577b34da6a3ce929d0e0e4736", extra=1),
+                           target="/a", cache=None, headers={"Accept": "x"}, redact=NAMES)
+    assert list(traced) == [*FIELDS, "trace_id", "headers", "extra"]
+    assert traced["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    untraced = access_fields(record(trace_id=None), target="/a", cache=None, headers=None,
+                             redact=NAMES)
+    assert list(untraced) == list(FIELDS)  # no tracing plugin: no key at all
+
+
 def test_a_cache_field_from_the_core_wins():
     fields = access_fields(record(cache="BYPASS"), target="/a", cache="HIT", headers=None,
                            redact=NAMES)
