@@ -92,6 +92,7 @@ class Context:
 
     __slots__ = (
         "app",
+        "body",
         "bytes_in",
         "bytes_out",
         "capture_body",
@@ -150,6 +151,9 @@ class Context:
         # Set by a plugin (before the upstream call) to receive bodies up to this many
         # bytes whole in post_response, as a ``web.Response`` with ``.body`` (cache).
         self.capture_body = 0
+        # The client's body when something read it whole before the upstream call
+        # (pygate.plugin.read_body): the route sends these bytes on.
+        self.body: bytes | None = None
         # The verified TLS client certificate, when the listener asked for one (section 10).
         self.client_cert: ClientCert | None = None
         # Set by a tracing plugin in pre_route: the trace this request belongs to.

@@ -216,7 +216,7 @@ async def serve(plan: GraphQLPlan, request: web.BaseRequest, ctx: Context, max_b
                 calls_for: Callable[[], Calls]) -> web.Response:
     """Answer one GraphQL request (``calls_for`` makes the request's :class:`Calls`)."""
     media = negotiate(request.headers.get("Accept"))
-    params = await read_params(request, max_body)
+    params = await read_params(request, max_body, ctx.body)
     text = params.query
     digest: str | None = None
     if params.extensions is not None and "persistedQuery" in params.extensions:

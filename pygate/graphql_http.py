@@ -148,11 +148,15 @@ class Params:
         self.extensions = extensions
 
 
-async def read_params(request: web.BaseRequest, max_body: int) -> Params:
-    """The parameters of a GET's query string or a POST's body; raise :class:`GatewayError`."""
+async def read_params(request: web.BaseRequest, max_body: int, read: bytes | None = None
+                      ) -> Params:
+    """The parameters of a GET's query string or a POST's body; raise :class:`GatewayError`.
+
+    :param read: the POST's body when a plugin read it already (``ctx.body``).
+    """
     method = request.method
     if method == "POST":
-        return await _post(request, max_body)
+        return await _post(request, max_body, read)
     if method == "GET":
         get = request.query
         return _checked(get.get("query"), get.get("operationName") or None,
@@ -162,7 +166,7 @@ async def read_params(request: web.BaseRequest, max_body: int) -> Params:
                            extra={"errors": [{"message": "GraphQL takes GET or POST"}]})
 
 
-async def _post(request: web.BaseRequest, max_body: int) -> Params:
+async def _post(request: web.BaseRequest, max_body: int, read: bytes | None) -> Params:
     kind = request.headers.get("Content-Type", "")
     media, _, params = kind.partition(";")
     media = media.strip().lower()
@@ -174,8 +178,8 @@ async def _post(request: web.BaseRequest, max_body: int) -> Params:
     if length is not None and length > max_body:
         raise PayloadTooLarge("request body exceeds the gateway's max_body")
     content = request.content
-    body = content.read_nowait(-1)  # a small body has arrived whole with its head
-    if not content.is_eof():
+    body = read if read is not None else content.read_nowait(-1)  # a small body has
+    if read is None and not content.is_eof():  # arrived whole with its head
         chunks = bytearray(body)
         while not content.is_eof():
             chunks += await content.readany()

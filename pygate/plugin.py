@@ -54,6 +54,7 @@ import aiohttp
 import structlog
 
 from .aggregate.placeholders import MissingValue, ValueTemplate
+from .body import read_body
 from .config.errors import key_path, suggest
 from .config.values import Backend, Duration, Size
 from .context import ClientCert, Context, Identity, RouteInfo, UpstreamRequest
@@ -89,7 +90,8 @@ API_VERSION = "1.3"
 1.1 added :class:`ClientCert` (``ctx.client_cert``); 1.2 the ``transform_response``
 hook, :class:`ValueTemplate` and :class:`MissingValue`; 1.3 ``ctx.trace_id`` (and the
 access record's ``trace_id``) and a call's outcome on :class:`UpstreamRequest`
-(``started``, ``elapsed``, ``status``, ``sent_to``, ``error``)."""
+(``started``, ``elapsed``, ``status``, ``sent_to``, ``error``), :func:`read_body`
+and ``ctx.body``."""
 
 C = TypeVar("C", bound="Closable")
 
@@ -302,5 +304,6 @@ __all__ = [
     "hookimpl",
     "key_path",
     "problem_response",
+    "read_body",
     "suggest",
 ]

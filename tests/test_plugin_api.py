@@ -95,7 +95,7 @@ PROMISED = [
     "BadRequest", "Unauthorized", "Forbidden", "NotFound", "MethodNotAllowed",
     "PayloadTooLarge", "TooManyRequests", "ServiceUnavailable", "BadGateway", "GatewayTimeout",
     "problem_response", "Duration", "Size", "Backend", "suggest", "key_path", "PerLoop",
-    "Gateway", "API_VERSION", "ClientCert", "ValueTemplate", "MissingValue",
+    "Gateway", "API_VERSION", "ClientCert", "ValueTemplate", "MissingValue", "read_body",
 ]
 
 

@@ -45,6 +45,8 @@ class Proxy:
         upstream_request = self.prepare(request, ctx, routed, self.upstream, gw)
         if chain.transform_request:
             await chain.run_transform_request(request, ctx, upstream_request)
+        if ctx.body is not None and upstream_request.body is None:
+            upstream_request.body = ctx.body  # read by a plugin (pygate.body.read_body)
         deadline = asyncio.get_running_loop().time() + gw.timeout
         headers = request.headers
         if "Upgrade" in headers or "Expect" in headers:
@@ -79,7 +81,7 @@ class Proxy:
             if websocket.is_upgrade(request):  # authenticated and admitted: upgrade now
                 return await websocket.connect(request, ctx, self.upstream, upstream_request,
                                                gw, deadline=deadline)
-        if request.headers.get("Expect", "").lower() == "100-continue":
+        if ctx.body is None and request.headers.get("Expect", "").lower() == "100-continue":
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         return await exchange(request, ctx, self.upstream, upstream_request,
                               max_body=gw.max_body, deadline=deadline)

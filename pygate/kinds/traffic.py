@@ -54,6 +54,8 @@ class TrafficProxy(Proxy):
         upstream_request = self.prepare(request, ctx, routed, upstream, gw)
         if chain.transform_request:
             await chain.run_transform_request(request, ctx, upstream_request)
+        if ctx.body is not None and upstream_request.body is None:
+            upstream_request.body = ctx.body  # read by a plugin (pygate.body.read_body)
         deadline = asyncio.get_running_loop().time() + gw.timeout
         if "Upgrade" in headers:
             from ..upstream import websocket
@@ -64,7 +66,8 @@ class TrafficProxy(Proxy):
         tee: TeeBody | None = None
         if self.mirror is not None:
             tee = self.mirror.start(request, ctx, upstream_request, gw.timeout, gw.max_body)
-        if "Expect" in headers and headers["Expect"].lower() == "100-continue":
+        if (ctx.body is None and "Expect" in headers
+                and headers["Expect"].lower() == "100-continue"):
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         try:
             return await exchange(request, ctx, upstream, upstream_request, tee,

@@ -15,16 +15,14 @@ import asyncio
 from typing import Any
 
 import structlog
-from aiohttp import HttpVersion11, web
-from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp import web
 
 from pygate.plugin import (
     BadRequest,
     Context,
-    GatewayError,
     MissingValue,
-    PayloadTooLarge,
     UpstreamRequest,
+    read_body,
 )
 
 from .body import MISSING
@@ -121,37 +119,6 @@ async def transform_request(request: web.BaseRequest, ctx: Context,
     fixed = utf8_content_type(content_type)
     if fixed != content_type:
         headers["Content-Type"] = fixed
-
-
-async def read_body(request: web.BaseRequest, ctx: Context) -> bytes:
-    """The client's body, whole, within the gateway's ``max_body``.
-
-    :raise GatewayError: 413 past ``max_body`` (the connection then closes), 400 for a
-        body whose framing breaks, 499 for a client that goes away mid-body.
-    """
-    limit = ctx.gateway.max_body
-    length = request.content_length
-    if length is not None and length > limit:
-        raise PayloadTooLarge("request body exceeds the gateway's max_body")
-    data = bytearray()
-    try:
-        if (request.version == HttpVersion11
-                and request.headers.get("Expect", "").lower() == "100-continue"):
-            # the client sends its body only once told to (the core tells it again
-            # later: a second interim response, which HTTP clients must accept)
-            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        async for chunk in request.content.iter_any():
-            data += chunk
-            if len(data) > limit:
-                raise PayloadTooLarge("request body exceeds the gateway's max_body")
-    except GatewayError:
-        raise
-    except HttpProcessingError:
-        raise BadRequest("malformed request body", close=True) from None
-    except Exception:
-        raise GatewayError("the client closed the connection", status=499) from None
-    ctx.bytes_in = len(data)
-    return bytes(data)
 
 
 # ---------------------------------------------------------------------------

@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import asyncio
 
-from aiohttp import HttpVersion11, web
-from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp import web
 from pydantic import BaseModel
 
 from pygate.plugin import (
@@ -28,9 +27,8 @@ from pygate.plugin import (
     GatewayError,
     MethodNotAllowed,
     NotFound,
-    PayloadTooLarge,
-    UpstreamRequest,
     hookimpl,
+    read_body,
 )
 
 from .body import Unsupported, check_json
@@ -45,9 +43,6 @@ PRIORITY = 999
 """As Kong's request-validator: after authentication (its own phase, before ``admit``),
 before acl (950) and rate-limit (910), so an invalid request does not count against a
 limit, and before cache (100), so none is answered from it."""
-
-BODY = "validate.body"
-"""``ctx.state[BODY]``: the client's body, read whole by ``admit``, for ``transform_request``."""
 
 THREAD_ABOVE = 256 * 1024
 """Bodies larger than this are parsed and checked off the event loop."""
@@ -85,8 +80,7 @@ async def admit(request: web.BaseRequest, ctx: Context) -> None:
             if unsupported is not None:
                 problems.append(unsupported.violation)
             elif entry is not None:
-                data = await read_body(request, ctx)
-                ctx.state[BODY] = data
+                data = await read_body(request, ctx)  # the core sends it on (ctx.body)
                 problems.extend(check_json(entry, data, required) if len(data) <= THREAD_ABOVE
                                 else await asyncio.to_thread(check_json, entry, data, required))
     if not problems:
@@ -99,45 +93,4 @@ async def admit(request: web.BaseRequest, ctx: Context) -> None:
     raise BadRequest(f"request validation failed: {count}", extra={"errors": errors})
 
 
-@hookimpl
-def transform_request(ctx: Context, upstream_request: UpstreamRequest) -> None:
-    """Send the body ``admit`` read (the client's stream is spent) to the proxied upstream."""
-    body: bytes | None = ctx.state.get(BODY)
-    if (body is not None and upstream_request.body is None and ctx.upstream is not None
-            and upstream_request.upstream == ctx.upstream):
-        upstream_request.body = body
-
-
-async def read_body(request: web.BaseRequest, ctx: Context) -> bytes:
-    """The client's body, whole, within the gateway's ``max_body``.
-
-    :raise GatewayError: 413 past ``max_body`` (the connection then closes), 400 for a
-        body whose framing breaks, 499 for a client that goes away mid-body.
-    """
-    limit = ctx.gateway.max_body
-    length = request.content_length
-    if length is not None and length > limit:
-        raise PayloadTooLarge("request body exceeds the gateway's max_body")
-    data = bytearray()
-    try:
-        if (request.version == HttpVersion11
-                and request.headers.get("Expect", "").lower() == "100-continue"):
-            # the client sends its body only once told to (the core tells it again later:
-            # a second interim response, which HTTP clients must accept)
-            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        async for chunk in request.content.iter_any():
-            data += chunk
-            if len(data) > limit:
-                raise PayloadTooLarge("request body exceeds the gateway's max_body")
-    except GatewayError:
-        raise
-    except HttpProcessingError:
-        raise BadRequest("malformed request body", close=True) from None
-    except Exception:
-        raise GatewayError("the client closed the connection", status=499) from None
-    ctx.bytes_in = len(data)
-    return bytes(data)
-
-
-__all__ = ["BODY", "NAME", "PRIORITY", "ValidateConfig", "admit", "config_schema",
-           "read_body", "transform_request"]
+__all__ = ["NAME", "PRIORITY", "ValidateConfig", "admit", "config_schema"]
