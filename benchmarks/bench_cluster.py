@@ -17,7 +17,6 @@ second node has no CPU of its own, and the ratio shows what it adds there.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import sys
 from collections.abc import Iterator, Sequence
@@ -41,9 +40,9 @@ from common import (
     pygate_contender,
     ratio_table,
     redis_server,
-    run_scenario,
     wait_until_answers,
     workspace,
+    wrk_main,
 )
 
 SECTION = "cluster"
@@ -136,12 +135,7 @@ def run(options: WrkOptions) -> tuple[list[Result], str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    WrkOptions.add_arguments(parser)
-    parser.add_argument("--write-readme", action="store_true",
-                        help=f"replace the {SECTION} table in benchmarks/README.md")
-    args = parser.parse_args(argv)
-    return run_scenario(lambda: run(WrkOptions.from_args(args)), SECTION, args.write_readme)
+    return wrk_main(argv, __doc__ or "", SECTION, run)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ in the files are checked against those wrk completed, and the cost of one
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import subprocess
@@ -43,8 +42,8 @@ from common import (
     nginx_upstream,
     pygate_contender,
     ratio_table,
-    run_scenario,
     workspace,
+    wrk_main,
 )
 
 SECTION = "prometheus"
@@ -205,12 +204,7 @@ def cpu_table(results: list[Result]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    WrkOptions.add_arguments(parser)
-    parser.add_argument("--write-readme", action="store_true",
-                        help=f"replace the {SECTION} table in benchmarks/README.md")
-    args = parser.parse_args(argv)
-    return run_scenario(lambda: run(WrkOptions.from_args(args)), SECTION, args.write_readme)
+    return wrk_main(argv, __doc__ or "", SECTION, run)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ ratios to ``pygate`` without the plugin.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import sys
 
@@ -36,8 +35,8 @@ from common import (
     pygate_contender,
     ratio_table,
     redis_server,
-    run_scenario,
     workspace,
+    wrk_main,
 )
 
 SECTION = "ratelimit"
@@ -99,12 +98,7 @@ def run(options: WrkOptions) -> tuple[list[Result], str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    WrkOptions.add_arguments(parser)
-    parser.add_argument("--write-readme", action="store_true",
-                        help=f"replace the {SECTION} table in benchmarks/README.md")
-    args = parser.parse_args(argv)
-    return run_scenario(lambda: run(WrkOptions.from_args(args)), SECTION, args.write_readme)
+    return wrk_main(argv, __doc__ or "", SECTION, run)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ figures are the cost of encrypting and decrypting the requests and responses.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -37,8 +36,8 @@ from common import (
     nginx_upstream,
     pygate_contender,
     ratio_table,
-    run_scenario,
     workspace,
+    wrk_main,
 )
 
 from pygate.demo.tls import make_certificates
@@ -136,12 +135,7 @@ def run(options: WrkOptions) -> tuple[list[Result], str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    WrkOptions.add_arguments(parser)
-    parser.add_argument("--write-readme", action="store_true",
-                        help=f"replace the {SECTION} table in benchmarks/README.md")
-    args = parser.parse_args(argv)
-    return run_scenario(lambda: run(WrkOptions.from_args(args)), SECTION, args.write_readme)
+    return wrk_main(argv, __doc__ or "", SECTION, run)
 
 
 if __name__ == "__main__":

@@ -788,6 +788,18 @@ def run_scenario(run: Callable[[], tuple[list[Result], str]], section: str,
     return report(text, section, write_readme, results)
 
 
+def wrk_main(argv: list[str] | None, doc: str, section: str,
+             run: Callable[[WrkOptions], tuple[list[Result], str]]) -> int:
+    """The whole ``main`` of a scenario script that takes wrk's options and
+    ``--write-readme``: ``doc``'s first line is its description."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    WrkOptions.add_arguments(parser)
+    parser.add_argument("--write-readme", action="store_true",
+                        help=f"replace the {section} table in benchmarks/README.md")
+    args = parser.parse_args(argv)
+    return run_scenario(lambda: run(WrkOptions.from_args(args)), section, args.write_readme)
+
+
 def report(table: str, section: str, write_readme: bool, *runs: Sequence[Result]) -> int:
     """A scenario script's ending: flag errors, print ``table``, maybe write it; the exit code.
 
