@@ -22,7 +22,7 @@ from . import __version__
 from .app import Gateway, RoutePlan, load_gateway
 from .config import ConfigError, default_path, parse_listen, split_listen
 from .errors import GatewayError
-from .kinds import Routed, kind_of
+from .kinds import Routed
 from .plugins import config_for_display, describe_installed
 from .sanitize import host_of, normalize_path
 
@@ -154,18 +154,16 @@ def check(config_path: str | None) -> None:
 @config_option
 def routes(config_path: str | None) -> None:
     """The route table, in match order."""
+    from .admin.views import route_table, traffic_note
+
     gateway = _load(config_path)
     rows = [("#", "NAME", "METHODS", "PATH", "HOSTS", "HEADERS", "TARGET", "PLUGINS")]
-    for order, route in enumerate(gateway.router.routes):
-        cfg = route.config
-        plan: RoutePlan = route.payload
-        found = kind_of(cfg)
-        target = found[0].target(found[1]) if found is not None else "-"
+    for route in route_table(gateway):  # the admin listener's GET /routes, as text
         rows.append((
-            str(order), cfg.name, ",".join(cfg.methods) if cfg.methods else "*", cfg.path,
-            ",".join(cfg.hosts) if cfg.hosts else "*",
-            ",".join(f"{k}={v}" for k, v in (cfg.headers or {}).items()) or "-",
-            target, ",".join(plan.chain.plugins) or "-",
+            str(route["order"]), route["name"], ",".join(route["methods"] or ["*"]),
+            route["path"], ",".join(route["hosts"] or ["*"]),
+            ",".join(f"{k}={v}" for k, v in (route["headers"] or {}).items()) or "-",
+            (route["target"] or "-") + traffic_note(route), ",".join(route["plugins"]) or "-",
         ))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:

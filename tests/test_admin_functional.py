@@ -110,6 +110,7 @@ async def test_every_endpoint_of_one_process(gateway_process: GatewayFactory,
     assert {r["kind"] for r in table} == {"upstream"}
     assert [r["plugins"] for r in table] == [[], ["jwt"], ["jwt"]]
     assert table[0]["path"] == "/api/users/{id}" and table[0]["target"] == "users"
+    assert all(r["canary"] is None and r["mirror"] is None for r in table)
 
     upstreams = {u["name"]: u for u in (await admin.get("/upstreams"))["upstreams"]}
     [target] = upstreams["users"]["targets"]

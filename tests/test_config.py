@@ -790,3 +790,29 @@ def test_cli_serve_validates_before_binding(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "routes[1].upstream: unknown upstream 'userz'" in result.stderr
     assert "cannot listen" not in result.output
+
+
+def test_cli_routes_shows_a_routes_canary_and_mirror(tmp_path: Path) -> None:
+    text = """
+[upstreams.users]
+targets = ["http://127.0.0.1:9001"]
+[upstreams.users-v2]
+targets = ["http://127.0.0.1:9002"]
+[upstreams.shadow]
+targets = ["http://127.0.0.1:9003"]
+[[routes]]
+name = "users"
+path = "/api/users"
+upstream = "users"
+canary = { upstream = "users-v2", weight = 12.5, sticky = "ip" }
+mirror = { upstream = "shadow", percent = 50 }
+[[routes]]
+name = "plain"
+path = "/plain"
+upstream = "users"
+"""
+    result = run("routes", "-c", str(write(tmp_path, text)))
+    assert result.exit_code == 0, result.output
+    users, plain = result.output.splitlines()[1:]
+    assert "users (canary users-v2 12.5%, mirror shadow 50%)" in users
+    assert "canary" not in plain and "mirror" not in plain

@@ -35,9 +35,23 @@ def route_table(gateway: Gateway) -> list[dict[str, Any]]:
             "hosts": cfg.hosts,
             "headers": cfg.headers,
             "target": found[0].target(found[1]) if found is not None else None,
+            "canary": ({"upstream": cfg.canary.upstream, "weight": cfg.canary.weight,
+                        "sticky": cfg.canary.sticky} if cfg.canary is not None else None),
+            "mirror": ({"upstream": cfg.mirror.upstream, "percent": cfg.mirror.percent}
+                       if cfg.mirror is not None else None),
             "plugins": list(plan.chain.plugins),
         })
     return rows
+
+
+def traffic_note(row: dict[str, Any]) -> str:
+    """A route row's canary and mirror as ``pygate routes`` shows them after its target."""
+    parts = []
+    if row["canary"] is not None:
+        parts.append(f"canary {row['canary']['upstream']} {row['canary']['weight']:g}%")
+    if row["mirror"] is not None:
+        parts.append(f"mirror {row['mirror']['upstream']} {row['mirror']['percent']:g}%")
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def plugin_table(gateway: Gateway) -> dict[str, Any]:
@@ -171,5 +185,6 @@ __all__ = [
     "purge_cache",
     "render_metrics",
     "route_table",
+    "traffic_note",
     "upstream_table",
 ]
