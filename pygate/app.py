@@ -200,7 +200,8 @@ def build_gateway(config: Config, extra_plugins: Mapping[str, Any] | None = None
         {name: dict(table) for name, table in config.plugins.items()}, global_where
     ) if config.plugins else EMPTY_CHAIN
 
-    upstreams = {name: Upstream(name, up) for name, up in config.upstreams.items()}
+    upstreams = {name: Upstream(name, up, config.base_dir)
+                 for name, up in config.upstreams.items()}
     build = Build(config, lambda ref: _upstream_for(upstreams, ref))
     router = Router(config.routes, ignore_case=config.gateway.path_case == "insensitive")
     for route in router.routes:

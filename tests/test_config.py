@@ -816,3 +816,24 @@ upstream = "users"
     users, plain = result.output.splitlines()[1:]
     assert "users (canary users-v2 12.5%, mirror shadow 50%)" in users
     assert "canary" not in plain and "mirror" not in plain
+
+
+def test_check_reports_tls_file_errors_beside_core_errors(tmp_path: Path) -> None:
+    """An upstream's unreadable tls file is reported in the same run as a core error
+    elsewhere in the file, at its key path, named relative to the configuration file."""
+    text = """
+[gateway]
+listen = "bad"
+[upstreams.pay]
+targets = ["https://10.0.0.1:8443"]
+tls = { ca = "nope.pem" }
+[[routes]]
+name = "r"
+path = "/"
+upstream = "pay"
+"""
+    result = run("check", "-c", str(write(tmp_path, text)))
+    assert result.exit_code == 1
+    lines = result.output.splitlines()
+    assert lines[1].startswith("  gateway.listen:")
+    assert lines[2] == f"  upstreams.pay.tls.ca: file not found: '{tmp_path / 'nope.pem'}'"

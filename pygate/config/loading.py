@@ -85,7 +85,7 @@ def load_data(data: dict[str, Any], *, source: str = "<config>", base_dir: str =
         config = Config.model_validate(data)
     except ValidationError as exc:
         issues.extend(validation_issues(exc, Config))
-        issues.extend(_check_valid_part(data, exc))
+        issues.extend(_check_valid_part(data, exc, base_dir))
     if config is not None:
         config.source = source
         config.base_dir = base_dir
@@ -101,7 +101,8 @@ def load_data(data: dict[str, Any], *, source: str = "<config>", base_dir: str =
 _NOT_FROM_FILE = ("source", "base_dir")
 
 
-def _check_valid_part(data: Any, error: ValidationError) -> list[ConfigIssue]:
+def _check_valid_part(data: Any, error: ValidationError, base_dir: str = "."
+                      ) -> list[ConfigIssue]:
     """Cross-check the routes and upstreams that validated, so one run reports every error.
 
     Routes and upstreams with their own errors are left out (their errors are
@@ -135,7 +136,10 @@ def _check_valid_part(data: Any, error: ValidationError) -> list[ConfigIssue]:
         config = Config.model_validate(valid)
     except ValidationError:
         return []
-    return check_routes(config, indices, list(upstreams))
+    config.base_dir = base_dir
+    from ..upstream.tls import check_upstream_tls  # the files upstreams' tls tables name
+
+    return check_routes(config, indices, list(upstreams)) + check_upstream_tls(config)
 
 
 def load(path: str | Path, env: Mapping[str, str] | None = None) -> Config:

@@ -92,7 +92,7 @@ def _digest(tls: ClientTls | None) -> str | None:
 class Upstream:
     """A named group of targets, each with its connection pool."""
 
-    def __init__(self, name: str, config: UpstreamConfig) -> None:
+    def __init__(self, name: str, config: UpstreamConfig, base_dir: str = ".") -> None:
         self.name = name
         # How errors name this upstream to clients: a route's inline URL is an
         # internal address, so it is never shown.
@@ -100,7 +100,7 @@ class Upstream:
         self.config = config
         self.retries = config.retries
         # https targets: the context, SNI name and client certificate, built now (at load)
-        self.tls: ClientTls | None = self._client_tls(name, config)
+        self.tls: ClientTls | None = self._client_tls(name, config, base_dir)
         self.targets = [Target(URL(t.url), t.weight) for t in config.targets]
         if config.breaker is not None:
             for target in self.targets:
@@ -161,7 +161,7 @@ class Upstream:
             self.checker.start()
 
     @staticmethod
-    def _client_tls(name: str, config: UpstreamConfig) -> ClientTls | None:
+    def _client_tls(name: str, config: UpstreamConfig, base_dir: str) -> ClientTls | None:
         """The TLS settings of an upstream with https targets; None without any.
 
         The load-time check (:func:`.tls.check_upstream_tls`) has reported what is
@@ -171,7 +171,7 @@ class Upstream:
         if not has_https_target(config):
             return None
         try:
-            return client_tls(config.tls)
+            return client_tls(config.tls, base_dir=base_dir)
         except TlsSettingError as exc:
             raise ConfigError(f"upstream {name!r}", [
                 ConfigIssue(key_path(("upstreams", name, "tls", key)), message)

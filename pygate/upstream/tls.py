@@ -10,9 +10,8 @@ says how the upstream's ``https://`` targets are verified and who the gateway is
 - ``cert`` and ``key``: a client certificate and its key, for upstreams that ask for one.
 
 :func:`check_upstream_tls` reads those files when the configuration loads and reports
-each problem with its key path (``upstreams.payments.tls.ca``); it also makes the paths
-absolute (they are relative to the configuration file), so that :class:`~.Upstream`,
-which builds the context from the upstream's table alone, reads the same files.
+each problem with its key path (``upstreams.payments.tls.ca``); the paths are relative
+to the configuration file (``base_dir``, which :class:`~.Upstream` is given too).
 :func:`client_tls` builds what the upstream's pools, health checks and WebSocket
 handshakes then share (the upstreams verified against the system CAs alone, without a
 client certificate, share one context per process: loading the system CAs takes a while).
@@ -91,11 +90,11 @@ def has_https_target(config: UpstreamConfig) -> bool:
     return any(target.url.startswith("https://") for target in config.targets)
 
 
-def client_tls(tls: UpstreamTls | None, *, system_cas: bool = True) -> ClientTls:
+def client_tls(tls: UpstreamTls | None, *, system_cas: bool = True,
+               base_dir: str | Path = ".") -> ClientTls:
     """The TLS settings of an upstream with ``https`` targets (``tls`` may be absent).
 
-    Relative paths are taken from the current directory: :func:`check_upstream_tls` has
-    made those of a loaded configuration absolute.
+    Relative paths are taken from ``base_dir``, the configuration file's folder.
 
     :param system_cas: load the system's trusted CAs when ``tls.ca`` is not set (a check
         that only reads the files does without).
@@ -105,6 +104,11 @@ def client_tls(tls: UpstreamTls | None, *, system_cas: bool = True) -> ClientTls
     if tls is None:
         return ClientTls(_system_context() if system_cas else _bare_context(), None, True,
                          _digest(None, True, []))
+    # the files as absolute paths (read, loaded, and named in messages so), on a copy:
+    # the loaded configuration keeps what its file says
+    tls = tls.model_copy(update={
+        field: str((Path(base_dir) / Path(value).expanduser()).absolute())
+        for field in ("ca", "cert", "key") if (value := getattr(tls, field)) is not None})
     problems: list[tuple[str, str]] = []
     if tls.server_name is not None and not _valid_server_name(tls.server_name):
         problems.append(("server_name", 'expected a host name like "payments.internal", '
@@ -152,8 +156,8 @@ def client_tls(tls: UpstreamTls | None, *, system_cas: bool = True) -> ClientTls
 def check_upstream_tls(config: Config) -> list[ConfigIssue]:
     """Every upstream's ``tls`` table, checked when the configuration loads.
 
-    The files are read (relative to the configuration file) and their paths stored
-    absolute; each problem is an issue at its key path. A ``tls`` table on an upstream
+    The files are read (relative to the configuration file); each problem is an issue
+    at its key path. A ``tls`` table on an upstream
     without any ``https://`` target is an error: it would not apply to anything, and a
     plain-text upstream that was meant to be verified is not a thing to let pass.
     """
@@ -166,13 +170,8 @@ def check_upstream_tls(config: Config) -> list[ConfigIssue]:
         if not has_https_target(upstream):
             issues.append(ConfigIssue(key_path(where), "set, but no target of this upstream "
                                       "is https:// (tls applies to https targets only)"))
-        for field in ("ca", "cert", "key"):
-            value = getattr(tls, field)
-            if value is not None:
-                path = config.resolve_path(str(Path(value).expanduser()))
-                setattr(tls, field, str(path.absolute()))
         try:
-            client_tls(tls, system_cas=False)
+            client_tls(tls, system_cas=False, base_dir=config.base_dir)
         except TlsSettingError as exc:
             issues.extend(ConfigIssue(key_path((*where, key)), message)
                           for key, message in exc.problems)
