@@ -140,10 +140,10 @@ async def send(
     yet is tried: the same one would fail the same way. A 502/503/504 left when
     the attempts run out is returned as it is. Every outcome feeds the target's
     breaker; the target counts the request in ``active`` until the returned
-    response is released or closed. ``ctx.upstream_time`` is set to the seconds from
-    the first attempt to the returned response's head (or the last failure), and
-    ``upstream_request`` gets the call's outcome (``started``, ``elapsed``, ``status``,
-    ``sent_to``, ``error``: :class:`pygate.context.UpstreamRequest`).
+    response is released or closed. ``upstream_request`` gets the call's outcome
+    (``started``, ``elapsed``, ``status``, ``sent_to``, ``error``:
+    :class:`pygate.context.UpstreamRequest`); ``ctx.upstream_time`` is its ``elapsed``
+    (the seconds from the first attempt to the response head, or the last failure).
 
     :param deadline: loop time by which the response headers must have arrived (504).
     :param data: what to send as the body (bytes, an async iterator) or ``None``.
@@ -169,7 +169,6 @@ async def send(
     path = upstream_request.target
     tls_failed = False
     loop = asyncio.get_running_loop()
-    started = loop.time()
     while True:
         ctx.target = target.label
         pool = target.pool
@@ -206,8 +205,8 @@ async def send(
             status = response.status
             if status not in FAILED_STATUSES:
                 upstream.succeeded(target, ctx)
-                ctx.upstream_time = loop.time() - started
-                upstream_request.elapsed = time.monotonic() - upstream_request.started
+                upstream_request.elapsed = ctx.upstream_time = (
+                    time.monotonic() - upstream_request.started)
                 upstream_request.status = status
                 upstream_request.sent_to = target.label
                 return response
@@ -225,8 +224,8 @@ async def send(
                 ctx.state[TRIED] = [*(t.label for t in tried), following.label]
                 target = following
                 continue
-        ctx.upstream_time = loop.time() - started
-        upstream_request.elapsed = time.monotonic() - upstream_request.started
+        upstream_request.elapsed = ctx.upstream_time = (
+            time.monotonic() - upstream_request.started)
         upstream_request.sent_to = target.label
         if response is not None:
             upstream_request.status = response.status
