@@ -36,14 +36,17 @@ async def read_body(request: web.BaseRequest, ctx: Context) -> bytes:
     length = request.content_length
     if length is not None and length > limit:
         raise PayloadTooLarge("request body exceeds the gateway's max_body")
-    data = bytearray()
+    content = request.content
     try:
         if expects_continue(request):
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        async for chunk in request.content.iter_any():
-            data += chunk
+        data = bytearray(content.read_nowait(-1))  # a small body came with its head
+        while not content.is_eof():
             if len(data) > limit:
-                raise PayloadTooLarge("request body exceeds the gateway's max_body")
+                break
+            data += await content.readany()
+        if len(data) > limit:
+            raise PayloadTooLarge("request body exceeds the gateway's max_body")
     except GatewayError:
         raise
     except HttpProcessingError:

@@ -212,11 +212,11 @@ def _resolve(resolver: Resolver) -> Callable[..., Any]:
 # One request
 
 
-async def serve(plan: GraphQLPlan, request: web.BaseRequest, ctx: Context, max_body: int,
+async def serve(plan: GraphQLPlan, request: web.BaseRequest, ctx: Context,
                 calls_for: Callable[[], Calls]) -> web.Response:
     """Answer one GraphQL request (``calls_for`` makes the request's :class:`Calls`)."""
     media = negotiate(request.headers.get("Accept"))
-    params = await read_params(request, max_body, ctx.body)
+    params = await read_params(request, ctx)
     text = params.query
     digest: str | None = None
     if params.extensions is not None and "persistedQuery" in params.extensions:

@@ -35,7 +35,9 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from .errors import GatewayError, MethodNotAllowed, PayloadTooLarge
+from .body import read_body
+from .context import Context
+from .errors import GatewayError, MethodNotAllowed
 
 JSON: Final = "application/json"
 GRAPHQL_RESPONSE: Final = "application/graphql-response+json"
@@ -148,15 +150,16 @@ class Params:
         self.extensions = extensions
 
 
-async def read_params(request: web.BaseRequest, max_body: int, read: bytes | None = None
-                      ) -> Params:
+async def read_params(request: web.BaseRequest, ctx: Context) -> Params:
     """The parameters of a GET's query string or a POST's body; raise :class:`GatewayError`.
 
-    :param read: the POST's body when a plugin read it already (``ctx.body``).
+    A POST's body is read with :func:`pygate.body.read_body` (within ``max_body``, ``100
+    Continue`` first when the client waits for it), or taken from ``ctx.body`` when a
+    plugin read it already.
     """
     method = request.method
     if method == "POST":
-        return await _post(request, max_body, read)
+        return await _post(request, ctx)
     if method == "GET":
         get = request.query
         return _checked(get.get("query"), get.get("operationName") or None,
@@ -166,7 +169,7 @@ async def read_params(request: web.BaseRequest, max_body: int, read: bytes | Non
                            extra={"errors": [{"message": "GraphQL takes GET or POST"}]})
 
 
-async def _post(request: web.BaseRequest, max_body: int, read: bytes | None) -> Params:
+async def _post(request: web.BaseRequest, ctx: Context) -> Params:
     kind = request.headers.get("Content-Type", "")
     media, _, params = kind.partition(";")
     media = media.strip().lower()
@@ -174,20 +177,7 @@ async def _post(request: web.BaseRequest, max_body: int, read: bytes | None) -> 
         raise BadGraphQLRequest(
             f"expected Content-Type {JSON} (UTF-8) or application/graphql, found "
             f"{kind.strip()[:100] or 'none'}", status=415)
-    length = request.content_length
-    if length is not None and length > max_body:
-        raise PayloadTooLarge("request body exceeds the gateway's max_body")
-    content = request.content
-    body = read if read is not None else content.read_nowait(-1)  # a small body has
-    if read is None and not content.is_eof():  # arrived whole with its head
-        chunks = bytearray(body)
-        while not content.is_eof():
-            chunks += await content.readany()
-            if len(chunks) > max_body:
-                raise PayloadTooLarge("request body exceeds the gateway's max_body")
-        body = bytes(chunks)
-    elif len(body) > max_body:
-        raise PayloadTooLarge("request body exceeds the gateway's max_body")
+    body = await read_body(request, ctx)
     if media != JSON:
         text = _text(body)
         return _checked(text, None, None, None)

@@ -97,3 +97,33 @@ async def test_a_graphql_route_answers_a_body_a_plugin_read(pygate_gateway: Any,
         "POST", "/graphql", data=query, headers={"Content-Type": "application/json"})
     assert (status, body) == (200, {"data": {"echo": "hi"}})
     assert SEEN == [query]
+
+
+async def test_a_graphql_post_waiting_for_100_continue_is_told(pygate_gateway: Any,
+                                                              fake_upstream: Any,
+                                                              tmp_path: Path) -> None:
+    async def echo(request: web.Request) -> web.Response:
+        return web.json_response(request.query.get("text"))
+
+    upstream = await fake_upstream(echo)
+    (tmp_path / "schema.graphql").write_text(SCHEMA)
+    gateway = await pygate_gateway(
+        {"routes": [{"name": "g", "path": "/graphql", "graphql": {
+            "schema": "schema.graphql",
+            "resolvers": {"Query.echo": {"upstream": upstream.url, "path": "/echo",
+                                         "query": {"text": "{args.text}"}}}}}]},
+        base_dir=str(tmp_path))
+    query = b'{"query": "{ echo(text: \\"hi\\") }"}'
+    port = int(gateway.url.rsplit(":", 1)[1])
+    reader_, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /graphql HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n"
+                 % len(query))
+    await writer.drain()
+    interim = await asyncio.wait_for(reader_.readuntil(b"\r\n\r\n"), 5)
+    assert interim.startswith(b"HTTP/1.1 100 Continue")
+    writer.write(query)
+    rest = await asyncio.wait_for(reader_.read(), 10)
+    writer.close()
+    assert rest.startswith(b"HTTP/1.1 200 ")
+    assert rest.endswith(b'{"data":{"echo":"hi"}}')

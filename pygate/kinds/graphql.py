@@ -57,7 +57,7 @@ class GraphQL:
                               call_transform(chain, request), chain.transform_is_async,
                               deadline, gw.max_body, plan.bounds.max_calls)
 
-        return await self.serve_graphql(plan, request, ctx, gw.max_body, calls), None
+        return await self.serve_graphql(plan, request, ctx, calls), None
 
     def explain(self, route: Route, method: str, params: Mapping[str, str], routed: Routed,
                 headers: Mapping[str, str]) -> list[str]:
