@@ -29,6 +29,9 @@ from aiohttp.streams import StreamReader
 from h2.errors import ErrorCodes
 from multidict import CIMultiDict
 
+from ..protocol import MAX_FIELD
+from .request import MAX_HEADERS
+
 if TYPE_CHECKING:
     from .connection import Http2Protocol
 
@@ -43,8 +46,8 @@ class Stream:
     __slots__ = ("body", "cut", "id", "link", "request_done", "reset", "response_done",
                  "started", "task", "transport", "unacked", "waiter", "writer")
 
-    max_field_size = 8190  # read by aiohttp's multipart reader only
-    max_headers = 128
+    max_field_size = MAX_FIELD  # read by aiohttp's multipart reader only
+    max_headers = MAX_HEADERS
 
     def __init__(self, link: Http2Protocol, stream_id: int) -> None:
         self.id = stream_id
