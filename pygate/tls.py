@@ -36,13 +36,13 @@ from typing import Any
 
 import structlog
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from .config import Config, ConfigIssue
 from .config.models import TlsSection
 from .context import ClientCert
+from .pem import certificates, private_key, same_key
 
 log = structlog.get_logger("pygate")
 
@@ -53,7 +53,6 @@ TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL"
 _VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
 _DER = serialization.Encoding.DER
-_SPKI = serialization.PublicFormat.SubjectPublicKeyInfo
 
 
 # ---------------------------------------------------------------------------
@@ -226,9 +225,8 @@ def _read_client_ca(path: Path, issues: list[ConfigIssue]) -> bytes | None:
     data = _read(path, where, issues)
     if data is None:
         return None
-    try:
-        cas = x509.load_pem_x509_certificates(data)
-    except ValueError:
+    cas = certificates(data)
+    if not cas:
         issues.append(ConfigIssue(where, f"{path} holds no PEM certificate "
                                   "(-----BEGIN CERTIFICATE-----)"))
         return None
@@ -242,32 +240,29 @@ def _load_pair(config: Config, section: TlsSection, client_ca: bytes | None, whe
     cert_path, key_path = config.resolve_path(cert), config.resolve_path(key)
     cert_data = _read(cert_path, f"{where}.cert", issues)
     key_data = _read(key_path, f"{where}.key", issues)
-    chain: list[x509.Certificate] | None = None
+    chain: list[x509.Certificate] = []
     if cert_data is not None:
-        try:
-            chain = x509.load_pem_x509_certificates(cert_data)
-        except ValueError:
+        chain = certificates(cert_data)
+        if not chain:
             issues.append(ConfigIssue(f"{where}.cert", f"{cert_path} holds no PEM certificate "
                                       "(-----BEGIN CERTIFICATE-----)"))
-    private_key: Any = None
+    private: Any = None
     if key_data is not None:
-        try:
-            private_key = serialization.load_pem_private_key(key_data, password=None)
-        except TypeError:
+        private = private_key(key_data)
+        if private == "encrypted":
             issues.append(ConfigIssue(f"{where}.key", f"{key_path} is encrypted; pygate "
                                       "needs the key without a passphrase"))
-        except (ValueError, UnsupportedAlgorithm):
+        elif private == "unusable":
             issues.append(ConfigIssue(f"{where}.key", f"{key_path} holds no PEM private key "
                                       "(-----BEGIN PRIVATE KEY-----)"))
-    if chain is None or private_key is None:
+    if not chain or private is None or isinstance(private, str):
         return None
     leaf = chain[0]
     not_after = leaf.not_valid_after_utc
     if not_after <= datetime.now(UTC):
         issues.append(ConfigIssue(f"{where}.cert", f"the certificate in {cert_path} expired "
                                   f"on {not_after:%Y-%m-%d %H:%M:%S} UTC"))
-    if (leaf.public_key().public_bytes(_DER, _SPKI)
-            != private_key.public_key().public_bytes(_DER, _SPKI)):
+    if not same_key(leaf, private):
         issues.append(ConfigIssue(f"{where}.key", f"{key_path} is not the key of the "
                                   f"certificate in {cert_path}"))
     names = _dns_names(leaf)

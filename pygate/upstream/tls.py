@@ -30,12 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
-from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
 
 from ..config import Config, ConfigIssue, UpstreamConfig, key_path
 from ..config.models import UpstreamTls
+from ..pem import certificates, private_key, same_key
 
 log = structlog.get_logger("pygate")
 
@@ -120,7 +118,7 @@ def client_tls(tls: UpstreamTls | None, *, system_cas: bool = True,
     ca = _read(tls.ca, "ca", problems) if tls.ca is not None else None
     cert = _read(tls.cert, "cert", problems) if tls.cert is not None else None
     key = _read(tls.key, "key", problems) if tls.key is not None else None
-    if ca is not None and not _certificates(ca):
+    if ca is not None and not certificates(ca):
         problems.append(("ca", f"{tls.ca!r} holds no PEM certificate"))
     expires = None
     if cert is not None and key is not None:
@@ -210,32 +208,23 @@ def _read(path: str, field: str, problems: list[tuple[str, str]]) -> bytes | Non
     return None
 
 
-def _certificates(data: bytes) -> list[x509.Certificate]:
-    try:
-        return x509.load_pem_x509_certificates(data)
-    except ValueError:
-        return []
-
-
 def _check_pair(cert: bytes, key: bytes, tls: UpstreamTls,
                 problems: list[tuple[str, str]]) -> float | None:
     """Check a client certificate and its key; the certificate's expiry, when it reads."""
-    chain = _certificates(cert)
+    chain = certificates(cert)
     if not chain:
         problems.append(("cert", f"{tls.cert!r} holds no PEM certificate"))
-    try:
-        private = serialization.load_pem_private_key(key, password=None)
-    except TypeError:
+    private = private_key(key)
+    if private == "encrypted":
         problems.append(("key", f"{tls.key!r} is encrypted; pygate reads unencrypted PEM "
                                 "keys (protect the file instead)"))
         return None
-    except (ValueError, UnsupportedAlgorithm):
+    if private == "unusable":
         problems.append(("key", f"{tls.key!r} holds no PEM private key pygate can use"))
         return None
-    if not chain:
+    if not chain or isinstance(private, str):
         return None
-    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    if private.public_key().public_bytes(*spki) != chain[0].public_key().public_bytes(*spki):
+    if not same_key(chain[0], private):
         problems.append(("key", f"{tls.key!r} does not match the certificate in "
                                 f"{tls.cert!r}"))
         return None
